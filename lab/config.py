@@ -1,0 +1,198 @@
+"""Configuration: ``experiments/base.yaml`` <- ``experiments/NAME.yaml`` <- preset <- command-line dotlist.
+
+Struct mode at the root, so a mistyped key is an error and never a new key. Component nodes
+(``quantizer:``, ``head:``, ``data:`` ...) are open dicts of keyword arguments: they are checked against the
+constructor's signature instead, so their defaults live in exactly one place. Every problem raises
+``ConfigError`` with one paragraph naming the bad key or file and the valid choices.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from lab.registry import ConfigError, check_kwargs, suggest, validate
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = ROOT / "experiments"
+PRESETS = ("cpu", "smoke", "gpu")
+STAGES = ("tokenizer", "generator")
+
+# Nodes whose keys are keyword arguments of some constructor (checked against its signature) and
+# nodes that hold free-form maps. Every other key must already exist in base.yaml.
+OPEN_NODES = ("data", "quantizer", "tokenizer", "generator", "head", "correction", "trainer", "presets", "sweep")
+
+
+def available_experiments() -> list[str]:
+    return sorted(
+        str(p.relative_to(EXPERIMENTS).with_suffix(""))
+        for p in EXPERIMENTS.rglob("*.yaml")
+        if p.name != "base.yaml"
+    )
+
+
+def read_yaml(path: Path) -> dict:
+    """YAML -> dict, with the line number of a syntax error."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"Malformed YAML in {path}{where}: {problem}.") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}.")
+    return data
+
+
+def _check_known(base: Mapping, update: Mapping, source: str, prefix: str = "") -> None:
+    """Every key of ``update`` must exist in ``base`` unless it sits inside an open node; types must match."""
+    for key, value in update.items():
+        full = f"{prefix}{key}"
+        top = full.split(".")[0]
+        if top in OPEN_NODES:
+            if top == "presets" and prefix == "" and isinstance(value, Mapping):
+                for preset, sub in value.items():
+                    if preset not in PRESETS:
+                        raise ConfigError(f"Unknown preset '{preset}' in {source}.{suggest(str(preset), list(PRESETS))}")
+                    if isinstance(sub, Mapping):
+                        _check_known(base, sub, f"{source} (presets.{preset})")
+            continue
+        if key not in base:
+            raise ConfigError(f"Unknown key '{full}' in {source}.{suggest(str(key), [str(k) for k in base])}")
+        old = base[key]
+        if isinstance(old, Mapping):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"Wrong type for '{full}' in {source}: expected a mapping, got {value!r}.")
+            _check_known(old, value, source, full + ".")
+        elif old is not None and value is not None and not _same_kind(old, value):
+            raise ConfigError(
+                f"Wrong type for '{full}' in {source}: expected {type(old).__name__} (like {old!r}), got {type(value).__name__} {value!r}."
+            )
+
+
+def _same_kind(old: Any, new: Any) -> bool:
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool)
+    if isinstance(old, float):
+        return isinstance(new, (int, float))
+    if isinstance(old, int):
+        return isinstance(new, int)
+    if isinstance(old, (list, tuple)):
+        return isinstance(new, (list, tuple))
+    return isinstance(new, type(old))
+
+
+COMPONENT_KEYS = ("data", "quantizer", "head", "correction")
+
+
+def merge(base: dict, update: Mapping) -> dict:
+    """Recursive dict merge; a component node whose ``name`` changes is replaced, not merged, so the
+    keywords of the old component do not leak into the new one."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if (
+            k in COMPONENT_KEYS and isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
+            and "name" in v and v["name"] != out[k].get("name")
+        ):
+            out[k] = copy.deepcopy(dict(v))
+        elif isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict:
+    overrides = list(overrides)
+    for o in overrides:
+        if "=" not in o or o.startswith("="):
+            raise ConfigError(f"Command-line override '{o}' is not of the form key=value (e.g. trainer.max_steps=200).")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(overrides), resolve=False)
+    except Exception as e:  # omegaconf grammar errors
+        raise ConfigError(f"Could not parse the overrides {overrides}: {e}") from None
+
+
+def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
+    """Checks of the open component nodes against their constructors (imported lazily: config is light)."""
+    import pytorch_lightning as pl
+
+    from lab import data, quantizers, tokenizer
+
+    checks = {
+        "quantizer": lambda n: validate(quantizers.QUANTIZERS, n, "quantizer", injected=("dim",)),
+        "data": lambda n: validate(data.DATASETS, n, "data"),
+        "tokenizer": lambda n: check_kwargs(tokenizer.Tokenizer, n, "tokenizer", injected=("quantizer",)),
+        "trainer": lambda n: check_kwargs(pl.Trainer, n, "trainer"),
+    }
+    try:
+        from lab import correction, heads, transformer
+
+        checks["head"] = lambda n: validate(heads.HEADS, n, "head", injected=heads.INJECTED)
+        checks["correction"] = lambda n: validate(correction.CORRECTIONS, n, "correction")
+        checks["generator"] = lambda n: check_kwargs(transformer.Transformer, n, "generator", injected=transformer.INJECTED)
+    except ImportError:  # the generator stage is optional for tokenizer-only installs
+        pass
+    return checks
+
+
+def load_experiment(name: str, overrides: Iterable[str] = ()) -> DictConfig:
+    """Resolved, validated, read-only-structure config for experiment ``name`` (path under experiments/)."""
+    name = str(name).removesuffix(".yaml")
+    path = EXPERIMENTS / f"{name}.yaml"
+    if not path.is_file():
+        avail = available_experiments()
+        raise ConfigError(f"Unknown experiment '{name}' (no file {path}).{suggest(name, avail)}")
+    base = read_yaml(EXPERIMENTS / "base.yaml")
+    exp = read_yaml(path)
+    cli = parse_overrides(overrides)
+    _check_known(base, exp, str(path.relative_to(ROOT)))
+    _check_known(base, cli, "the command line")
+    cfg = merge(merge(base, exp), cli)
+    preset = cfg.get("preset")
+    if preset not in PRESETS:
+        raise ConfigError(f"Unknown preset '{preset}'.{suggest(str(preset), list(PRESETS))}")
+    # the preset's overrides, then the command line again so that it always wins
+    cfg = merge(merge(cfg, (cfg.get("presets") or {}).get(preset) or {}), cli)
+    cfg["name"] = name
+    if cfg.get("stage") not in STAGES:
+        raise ConfigError(f"Unknown stage '{cfg.get('stage')}'.{suggest(str(cfg.get('stage')), list(STAGES))}")
+    for node, check in _validators().items():
+        if cfg.get(node) is not None:
+            check(cfg[node])
+    sweep = cfg.get("sweep") or {}
+    for key in sweep:
+        _check_dotted(base, cfg, key)
+    conf = OmegaConf.create(cfg)
+    OmegaConf.set_struct(conf, True)
+    for node in OPEN_NODES:
+        if isinstance(conf.get(node), DictConfig):
+            OmegaConf.set_struct(conf[node], False)
+    return conf
+
+
+def _check_dotted(base: Mapping, cfg: Mapping, key: str) -> None:
+    """A sweep key must name a config entry (or sit inside an open node)."""
+    parts = key.split(".")
+    if parts[0] in OPEN_NODES:
+        return
+    node: Any = base
+    for i, p in enumerate(parts):
+        if not isinstance(node, Mapping) or p not in node:
+            valid = list(node) if isinstance(node, Mapping) else []
+            raise ConfigError(f"Unknown sweep key '{key}'.{suggest(p, [str(v) for v in valid])}")
+        node = node[p]
+
+
+def to_dict(cfg: DictConfig | ListConfig | Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))

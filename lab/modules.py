@@ -1,0 +1,92 @@
+"""LightningModules: ``TokenizerModule`` (stage 1) and ``GeneratorModule`` (stage 2, in lab/generator.py)."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor
+
+from lab import optim
+from lab.metrics import LPIPS, psnr
+from lab.tokenizer import Tokenizer
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+def check_finite(loss: Tensor, step: int, parts: Mapping[str, Tensor]) -> None:
+    if not torch.isfinite(loss):
+        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+        raise NonFiniteLossError(
+            f"Non-finite loss ({float(loss)}) at step {step} ({detail}). The run stopped; the last good "
+            "checkpoint is in the run's checkpoints/ folder. Lower optim.learning_rate or check the data."
+        )
+
+
+def image_grid(rows: list[Tensor], nrow: int) -> Tensor:
+    """Stack image batches in [-1,1] into one (3, H, W) grid in [0,1], one batch per row."""
+    imgs = torch.cat([r[:nrow] for r in rows], 0).float().clamp(-1, 1) * 0.5 + 0.5
+    return torchvision.utils.make_grid(imgs, nrow=nrow, padding=1, pad_value=1.0)
+
+
+class TokenizerModule(pl.LightningModule):
+    def __init__(self, cfg: Mapping[str, Any]):
+        super().__init__()
+        self.cfg = dict(cfg)
+        self.save_hyperparameters({"cfg": self.cfg})
+        self.tokenizer = Tokenizer(quantizer=cfg["quantizer"], **cfg["tokenizer"])
+        self.tokenizer.check_image_size(cfg["loader"]["image_size"])
+        loss = cfg["loss"]
+        self.recon = F.l1_loss if loss["recon"] == "l1" else F.mse_loss
+        self.lpips_weight = loss["lpips_weight"]
+        # A frozen, shared metric network: kept out of the state dict so checkpoints hold only the model.
+        self._lpips = [LPIPS(net=loss["lpips_net"], resize_to=loss["lpips_size"])]
+
+    @property
+    def lpips(self) -> LPIPS:
+        if next(self._lpips[0].parameters()).device != self.device:
+            self._lpips[0].to(self.device)
+        return self._lpips[0]
+
+    def forward(self, x: Tensor):
+        return self.tokenizer(x)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        x = batch["image"]
+        out = self.tokenizer(x)
+        rec = self.recon(out.x_hat, x)
+        lp = self.lpips(out.x_hat, x).mean() if self.lpips_weight > 0 else rec.new_zeros(())
+        loss = rec + self.lpips_weight * lp + out.quant.loss
+        check_finite(loss, self.global_step, {"recon": rec, "lpips": lp, "quant": out.quant.loss})
+        log = {"train/loss": loss, "train/recon": rec, "train/lpips": lp, "train/quant": out.quant.loss}
+        for key in ("per_sample_entropy", "batch_entropy", "commitment"):
+            vals = [s[key] for s in out.quant.stats if key in s]
+            if vals:
+                log[f"train/{key}"] = torch.stack(vals).mean()
+        self.log_dict(log, prog_bar=False)
+        self.log("loss", loss, prog_bar=True, logger=False)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        x = batch["image"]
+        out = self.tokenizer(x)
+        rec = self.recon(out.x_hat, x)
+        lp = self.lpips(out.x_hat, x).mean()
+        self.log_dict(
+            {"val/loss": rec + self.lpips_weight * lp, "val/psnr": psnr(out.x_hat, x), "val/lpips": lp},
+            prog_bar=True, sync_dist=True,
+        )
+        if batch_idx == 0 and self.trainer.is_global_zero and self.logger is not None:
+            n = min(8, x.shape[0])
+            prefixes = self.tokenizer.decode_prefixes(x[:n])
+            exp = getattr(self.logger, "experiment", None)
+            if exp is not None and hasattr(exp, "add_image"):
+                exp.add_image("val/input_vs_recon", image_grid([x, out.x_hat], n), self.global_step)
+                exp.add_image("val/progressive", image_grid([x] + prefixes, n), self.global_step)
+
+    def configure_optimizers(self):
+        return optim.configure(self.tokenizer, self.cfg["optim"], self.trainer.max_steps)

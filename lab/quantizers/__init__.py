@@ -1,0 +1,24 @@
+"""Quantizers behind one interface: ``QuantOut(z_q, codes, loss, stats)``, ``codes_to_latent``,
+``code_kind`` ("index" | "bits") and ``bits`` (log2 of the vocabulary)."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import nn
+
+from lab.quantizers.base import QuantOut
+from lab.quantizers.bsq import BSQ
+from lab.quantizers.lfq import LFQ
+from lab.quantizers.vq import VQ
+from lab.registry import build
+
+QUANTIZERS = {"vq": VQ, "lfq": LFQ, "bsq": BSQ}
+
+
+def build_quantizer(node: Mapping[str, Any], dim: int | None = None) -> nn.Module:
+    """Build ``QUANTIZERS[node.name](**rest)``; ``dim`` (the latent width) is set by the tokenizer."""
+    extra = {"dim": dim} if dim is not None else {}
+    return build(QUANTIZERS, node, "quantizer", **extra)
+
+
+__all__ = ["QUANTIZERS", "QuantOut", "build_quantizer", "BSQ", "LFQ", "VQ"]

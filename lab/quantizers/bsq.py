@@ -1,0 +1,81 @@
+"""Binary spherical quantization (BSQ-ViT, arXiv 2406.07548; Infinity's bitwise tokenizer).
+
+Project to ``bits`` channels, l2-normalise, quantize each channel to ``sign(u)/sqrt(d)`` with a
+straight-through gradient. The entropy term of MAGVIT-v2 (``E[H(q)] - gamma * H[E q]``) factorises over
+bits because the code is a product of independent signs, so it costs O(d) per position instead of the
+O(2^d) of a materialised codebook: memory grows linearly in ``bits`` and 64 bits train fine.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lab.codes import pack_bits
+from lab.quantizers.base import Projection, QuantOut, binary_entropy, to_channels_last
+
+
+class BSQ(nn.Module):
+    code_kind = "bits"
+
+    def __init__(
+        self,
+        *,
+        dim: int = 16,
+        bits: int = 16,
+        entropy_weight: float = 0.1,
+        diversity_gamma: float = 1.0,
+        commitment_weight: float = 0.25,
+        inv_temperature: float = 1.0,
+    ):
+        """dim: latent channels in; bits: d = log2(vocabulary).
+
+        inv_temperature sets the soft assignment used only by the entropy term:
+        p(bit=1) = sigmoid(4 * inv_temperature * sqrt(d) * u) for the normalised input u, i.e. the
+        distance-softmax between the two codes +-1/sqrt(d) of each bit, with the temperature expressed
+        per bit so that one value works at every d.
+        """
+        super().__init__()
+        if bits < 1:
+            raise ValueError(f"bsq needs bits >= 1, got {bits}")
+        self.dim, self.bits = dim, bits
+        self.entropy_weight = entropy_weight
+        self.diversity_gamma = diversity_gamma
+        self.commitment_weight = commitment_weight
+        self.inv_temperature = inv_temperature
+        self.project_in = Projection(dim, bits)
+        self.project_out = Projection(bits, dim)
+
+    @property
+    def vocab_size(self) -> int:
+        return 2**self.bits
+
+    def forward(self, z_BChw: Tensor) -> QuantOut:
+        u = F.normalize(self.project_in(z_BChw).float(), dim=1)  # (B, d, h, w) on the unit sphere
+        q = torch.where(u > 0, 1.0, -1.0) / math.sqrt(self.bits)
+        z_q = u + (q - u).detach()  # straight-through
+        bits_Bhwd = to_channels_last((u > 0).float())
+
+        loss = u.new_zeros(())
+        stats = {}
+        if self.entropy_weight > 0:
+            p = torch.sigmoid(4 * self.inv_temperature * math.sqrt(self.bits) * u)  # P(bit = 1), (B, d, h, w)
+            per_sample = binary_entropy(p).mean()
+            batch = binary_entropy(p.mean(dim=(0, 2, 3))).mean()  # marginal of each bit over the batch
+            loss = loss + self.entropy_weight * (per_sample - self.diversity_gamma * batch)
+            stats.update(per_sample_entropy=per_sample.detach(), batch_entropy=batch.detach())
+        if self.commitment_weight > 0:
+            commit = (u - q).pow(2).sum(1).mean()  # squared distance on the sphere, per position
+            loss = loss + self.commitment_weight * commit
+            stats["commitment"] = commit.detach()
+        return QuantOut(self.project_out(z_q), bits_Bhwd, loss, stats)
+
+    def codes_to_latent(self, bits_Bhwd: Tensor) -> Tensor:
+        """bits (B, h, w, d) -> latent (B, C, h, w)."""
+        q = (bits_Bhwd.float() * 2 - 1) / math.sqrt(self.bits)
+        return self.project_out(q.permute(0, 3, 1, 2).contiguous())
+
+    def codes_to_index(self, bits_Bhwd: Tensor) -> Tensor:
+        return pack_bits(bits_Bhwd)

@@ -1,0 +1,196 @@
+"""One run of one experiment: run directory, Lightning Trainer, fit, final evaluation, metrics.json.
+
+Every run writes ``runs/<NAME>/<run-id>/`` with ``config.yaml`` (resolved), ``metrics.json``,
+``checkpoints/`` (last + best) and TensorBoard events, and never writes into another run's directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from lab.config import ROOT, save_config, to_dict
+from lab.data import ImageDataModule
+from lab.metrics import count_params, peak_memory_mb, reset_peak_memory
+from lab.registry import ConfigError
+
+
+def runs_root(cfg: Any) -> Path:
+    root = Path(cfg["runs_dir"])
+    return root if root.is_absolute() else ROOT / root
+
+
+def make_run_dir(cfg: Any) -> tuple[Path, bool]:
+    """(run directory, resuming?). A new run never reuses an existing directory."""
+    base = runs_root(cfg) / cfg["name"]
+    if cfg["resume"]:
+        if cfg["run_id"]:
+            run_dir = base / str(cfg["run_id"])
+        else:
+            candidates = sorted(p.parent.parent for p in base.glob("*/checkpoints/last.ckpt"))
+            if not candidates:
+                raise ConfigError(f"resume=true but no run of '{cfg['name']}' has a checkpoint under {base}/*/checkpoints/last.ckpt.")
+            run_dir = max(candidates, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime)
+        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            raise ConfigError(f"resume=true but {run_dir}/checkpoints/last.ckpt does not exist.")
+        return run_dir, True
+    run_id = cfg["run_id"] or f"{datetime.now():%Y%m%d-%H%M%S}-s{cfg['seed']}"
+    run_dir = base / str(run_id)
+    if cfg["run_id"] and run_dir.exists():
+        raise ConfigError(f"run_id={run_id} already exists at {run_dir}; a run never overwrites another. Pick another run_id or resume=true.")
+    n = 1
+    while run_dir.exists():  # two runs started in the same second
+        n += 1
+        run_dir = base / f"{run_id}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir, False
+
+
+def build_datamodule(cfg: Any) -> ImageDataModule:
+    data = dict(to_dict(cfg["data"]))
+    loader = cfg["loader"]
+    return ImageDataModule(
+        data, batch_size=loader["batch_size"], num_workers=loader["num_workers"],
+        image_size=loader["image_size"], seed=cfg["seed"],
+    )
+
+
+def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) -> pl.Trainer:
+    trainer_kw = dict(to_dict(cfg["trainer"]))
+    ckpt_dir = run_dir / "checkpoints"
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+                           auto_insert_metric_name=False)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last-step", save_last=True,
+                           every_n_train_steps=cfg["checkpoint_every_n_steps"], save_top_k=0)
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="tb", default_hp_metric=False)
+    return pl.Trainer(
+        **trainer_kw,
+        logger=logger,
+        callbacks=[best, last, TQDMProgressBar(refresh_rate=10)] + list(extra_callbacks or []),
+        default_root_dir=str(run_dir),
+        enable_model_summary=False,
+        deterministic=bool(cfg["deterministic"]) or None,
+    )
+
+
+def write_metrics(run_dir: Path, metrics: dict) -> None:
+    tmp = run_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2, default=float))
+    tmp.replace(run_dir / "metrics.json")
+
+
+HEADLINE = ("psnr", "ssim", "lpips", "rfid", "bit_entropy", "codebook_usage", "baseline_psnr", "baseline_lpips",
+            "val_loss", "bit_accuracy", "token_accuracy", "gfid", "params", "head_params", "wall_time_s", "peak_memory_mb")
+
+
+def summary(run_dir: Path, metrics: dict) -> str:
+    lines = [f"run: {run_dir}"]
+    for k in HEADLINE:
+        if k in metrics:
+            v = metrics[k]
+            lines.append(f"  {k:<16} {v:.4g}" if isinstance(v, float) else f"  {k:<16} {v}")
+    lines.append(f"  outputs: {run_dir}/metrics.json, {run_dir}/checkpoints/, TensorBoard: {run_dir}/tb")
+    return "\n".join(lines)
+
+
+def run_experiment(cfg: DictConfig) -> tuple[Path, dict]:
+    """Train and evaluate one run of ``cfg``; return (run directory, final metrics)."""
+    if cfg["stage"] == "generator":
+        from lab.generator_run import run_generator  # noqa: PLC0415 - the generator stage is heavier
+
+        return run_generator(cfg)
+    return run_tokenizer(cfg)
+
+
+def seed_all(cfg: Any) -> None:
+    pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
+    if cfg["deterministic"]:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
+    from lab.evaluate import evaluate_tokenizer, format_per_scale
+    from lab.modules import TokenizerModule
+
+    seed_all(cfg)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")  # data problems surface before a run directory exists
+    module = TokenizerModule(to_dict(cfg))
+    run_dir, resuming = make_run_dir(cfg)
+    if not resuming:
+        save_config(cfg, run_dir / "config.yaml")
+    reset_peak_memory()
+    t0 = time.time()
+    trainer = build_trainer(cfg, run_dir)
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resuming else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    train_time = time.time() - t0
+    metrics: dict[str, Any] = {}
+    if trainer.is_global_zero:
+        ev = cfg["eval"]
+        metrics = evaluate_tokenizer(
+            module.tokenizer, dm.val_dataloader(), batches=ev["batches"], fid_samples=ev["fid_samples"],
+            lpips=module.lpips, device=module.device,
+        )
+        metrics.update(
+            params=count_params(module.tokenizer), steps=int(trainer.global_step),
+            wall_time_s=time.time() - t0, train_time_s=train_time, peak_memory_mb=peak_memory_mb(),
+        )
+        write_metrics(run_dir, metrics)
+        log_final(trainer, cfg, metrics)
+        save_grids(module, dm, run_dir, cfg["eval"]["grid_images"])
+        print(summary(run_dir, metrics))
+        print(format_per_scale(metrics["per_scale"]))
+    return run_dir, metrics
+
+
+def save_grids(module: Any, dm: ImageDataModule, run_dir: Path, n: int) -> None:
+    """PNG grids beside the metrics: inputs vs reconstructions, and reconstructions from the first k scales."""
+    import torchvision
+
+    from lab.modules import image_grid
+
+    x = next(iter(dm.val_dataloader()))["image"][:n].to(module.device)
+    tok = module.tokenizer.eval()
+    with torch.no_grad():
+        prefixes = tok.decode_prefixes(x)
+    torchvision.utils.save_image(image_grid([x, prefixes[-1]], n), run_dir / "reconstructions.png")
+    torchvision.utils.save_image(image_grid([x] + prefixes, n), run_dir / "progressive.png")
+
+
+def flat_hparams(cfg: Any, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (to_dict(cfg) if not isinstance(cfg, dict) else cfg).items():
+        if k in ("presets", "sweep"):
+            continue
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        elif v is not None:
+            out[key] = str(v)
+    return out
+
+
+def log_final(trainer: pl.Trainer, cfg: Any, metrics: dict) -> None:
+    """Final metrics as scalars and in TensorBoard's HParams view, so runs can be compared there."""
+    logger = trainer.logger
+    if logger is None:
+        return
+    final = {f"final/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    logger.log_hyperparams(flat_hparams(cfg), final)
+    logger.log_metrics(final, step=int(trainer.global_step))
+    logger.finalize("success")

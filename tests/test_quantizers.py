@@ -1,0 +1,140 @@
+"""Quantizers: round trips, gradients, exact code conversions, memory linear in bits."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from lab.codes import MAX_PACK_BITS, bits_for_vocab, pack_bits, unpack_bits
+from lab.quantizers import QUANTIZERS, build_quantizer
+from lab.quantizers.multiscale import MultiScaleQuantizer
+
+SMALL = {
+    "vq": {"name": "vq", "codebook_size": 64, "kmeans_init": False},
+    "vq_cos_kmeans": {"name": "vq", "codebook_size": 64, "use_cosine_sim": True, "kmeans_init": True, "code_dim": 4},
+    "vq_euclid": {"name": "vq", "codebook_size": 64, "use_cosine_sim": False, "code_dim": None, "kmeans_init": False},
+    "lfq": {"name": "lfq", "bits": 6},
+    "bsq": {"name": "bsq", "bits": 12},
+    "bsq_proj": {"name": "bsq", "bits": 5},
+}
+
+
+def test_every_registry_entry_is_covered():
+    assert {n["name"] for n in SMALL.values()} == set(QUANTIZERS)
+
+
+@pytest.mark.parametrize("key", sorted(SMALL))
+def test_round_trip_codes_to_latent(key):
+    torch.manual_seed(0)
+    q = build_quantizer(SMALL[key], dim=12)
+    q.train()
+    z = torch.randn(8, 12, 4, 4)
+    out = q(z)  # training forward (k-means init, EMA updates happen here)
+    q.eval()
+    out = q(z)
+    assert out.z_q.shape == z.shape
+    if q.code_kind == "index":
+        assert out.codes.dtype == torch.int64 and out.codes.shape == (8, 4, 4)
+        assert int(out.codes.min()) >= 0 and int(out.codes.max()) < 2**q.bits
+    else:
+        assert out.codes.shape == (8, 4, 4, q.bits)
+        assert set(out.codes.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(q.codes_to_latent(out.codes), out.z_q, atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("key", sorted(SMALL))
+def test_gradients_reach_the_input(key):
+    torch.manual_seed(0)
+    q = build_quantizer(SMALL[key], dim=12).train()
+    z = torch.randn(8, 12, 4, 4, requires_grad=True)
+    out = q(z)
+    (out.z_q.square().sum() + out.loss).backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_bsq_bit_codes_are_signs_on_the_sphere():
+    q = build_quantizer({"name": "bsq", "bits": 16}, dim=16).eval()
+    z = torch.randn(2, 16, 3, 3)
+    out = q(z)
+    assert torch.equal(out.codes, (z > 0).permute(0, 2, 3, 1).float())
+    torch.testing.assert_close(out.z_q.norm(dim=1), torch.ones(2, 3, 3))
+
+
+class _MaxNumel(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.max = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.max = max(self.max, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_bsq_memory_is_linear_in_bits(bits):
+    """No tensor of 2^bits elements anywhere in a training step (forward and backward)."""
+    q = build_quantizer({"name": "bsq", "bits": bits}, dim=16).train()
+    z = torch.randn(4, 16, 8, 8, requires_grad=True)
+    with _MaxNumel() as m:
+        out = q(z)
+        (out.z_q.sum() + out.loss).backward()
+    assert m.max <= 4 * 8 * 8 * max(bits, 16) * 2  # linear in bits and positions
+    assert m.max < 2**20
+
+
+def test_pack_unpack_exact():
+    g = torch.Generator().manual_seed(0)
+    for d in (1, 2, 7, 16, 31, 32, 33, 62):
+        bits = torch.randint(0, 2, (50, d), generator=g).float()
+        idx = pack_bits(bits)
+        assert idx.dtype == torch.int64 and int(idx.min()) >= 0
+        assert torch.equal(unpack_bits(idx, d), bits)
+        assert torch.equal(pack_bits(unpack_bits(idx, d)), idx)
+    top = torch.tensor([2**62 - 1, 0, 2**61])
+    assert torch.equal(pack_bits(unpack_bits(top, 62)), top)
+    assert pack_bits(torch.tensor([[1.0, 0.0, 1.0]])).item() == 5  # most significant bit first
+    with pytest.raises(ValueError):
+        pack_bits(torch.zeros(1, MAX_PACK_BITS + 1))
+    assert bits_for_vocab(4096) == 12 and bits_for_vocab(1000) == 10 and bits_for_vocab(2) == 1
+
+
+def test_lfq_bit_order_matches_library_indices():
+    q = build_quantizer({"name": "lfq", "bits": 5}, dim=5).eval()
+    z = torch.randn(3, 5, 2, 2)
+    out = q(z)
+    (_, index, _) = q.lfq(z)
+    assert torch.equal(pack_bits(out.codes), index)
+
+
+@pytest.mark.parametrize("key", ["vq", "lfq", "bsq"])
+def test_multiscale_codes_rebuild_f_hat(key):
+    torch.manual_seed(0)
+    msq = MultiScaleQuantizer(build_quantizer(SMALL[key], dim=12), dim=12, scales=(1, 2, 3, 4))
+    msq.train()
+    f = torch.randn(4, 12, 4, 4)
+    msq(f)
+    msq.eval()
+    out = msq(f, keep_prefixes=True)
+    assert [c.shape[1] for c in out.codes] == [1, 2, 3, 4]
+    torch.testing.assert_close(msq.codes_to_latent(out.codes), out.f_hat, atol=1e-4, rtol=1e-4)
+    for k in range(4):  # a prefix of the codes rebuilds the prefix sum
+        torch.testing.assert_close(msq.codes_to_latent(out.codes[: k + 1]), out.prefixes[k], atol=1e-4, rtol=1e-4)
+
+
+def test_multiscale_scale_k_sees_only_coarser_residuals():
+    """The codes of scale k depend on f only through the residual left by scales < k (no peeking)."""
+    torch.manual_seed(0)
+    msq = MultiScaleQuantizer(build_quantizer({"name": "bsq", "bits": 8}, dim=8), dim=8, scales=(1, 2, 4)).eval()
+    f = torch.randn(2, 8, 4, 4)
+    out = msq(f)
+    # quantize_scale reproduces scale k from f and the prefix sum of earlier scales
+    f_hat = torch.zeros_like(f)
+    for k in range(3):
+        codes, add = msq.quantize_scale(f, f_hat, k)
+        assert torch.equal(codes, out.codes[k])
+        f_hat = f_hat + add
+    torch.testing.assert_close(f_hat, out.f_hat)
