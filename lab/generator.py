@@ -1,0 +1,163 @@
+"""``GeneratorModule``: the autoregressive stage on top of a frozen tokenizer.
+
+Training step: encoder features f (from the on-disk cache) -> ``teacher_forcing`` under the configured
+self-correction -> transformer -> head loss per token, optionally reweighted by scale (Infinity).
+Validation: teacher-forced loss and accuracy per scale with clean inputs, and the free-running accuracy
+(inputs built from the model's own greedy predictions, labels re-quantized against them) so the
+train-test gap that self-correction targets is visible per scale.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from lab import optim
+from lab.correction import CORRECTIONS, NoCorrection, teacher_forcing
+from lab.heads import build_head
+from lab.metrics import count_params
+from lab.modules import check_finite, image_grid
+from lab.registry import build
+from lab.sampling import SampleOptions, sample_images, scale_token_latents
+from lab.tokenizer import Tokenizer
+from lab.transformer import Transformer
+
+
+def flatten_scales(per_scale: list[Tensor]) -> Tensor:
+    """[(B, s, s, ...)] -> (B, L, ...)."""
+    return torch.cat([t.flatten(1, 2) for t in per_scale], 1)
+
+
+def scale_weights(scales: list[int], reweight: bool, device) -> Tensor:
+    """Per-token weights summing to 1: uniform, or Infinity's sqrt(h_K w_K)/sqrt(h_k w_k) per token."""
+    sizes = torch.tensor([s * s for s in scales], dtype=torch.float32, device=device)
+    per_token = (sizes[-1].sqrt() / sizes.sqrt()) if reweight else torch.ones_like(sizes)
+    w = torch.cat([per_token[k].repeat(int(n)) for k, n in enumerate(sizes.tolist())])
+    return w / w.sum()
+
+
+class GeneratorModule(pl.LightningModule):
+    def __init__(self, cfg: Mapping[str, Any], tokenizer: Tokenizer, num_classes: int):
+        super().__init__()
+        self.cfg = dict(cfg)
+        self.save_hyperparameters({"cfg": self.cfg, "num_classes": num_classes})
+        self.tokenizer = tokenizer.eval()
+        for p in self.tokenizer.parameters():
+            p.requires_grad_(False)
+        msq = tokenizer.msq
+        self.model = Transformer(latent_dim=tokenizer.latent_dim, scales=msq.scales, num_classes=num_classes, **cfg["generator"])
+        vocab = getattr(msq.quantizer, "vocab_size", 2**msq.bits)
+        self.head = build_head(cfg["head"], width=self.model.width, code_kind=msq.code_kind, bits=msq.bits, vocab_size=vocab)
+        self.correction = build(CORRECTIONS, cfg["correction"], "correction")
+        self.register_buffer("weights", scale_weights(msq.scales, cfg["generator_loss"]["scale_reweight"], "cpu"), persistent=False)
+        self.features: dict[str, Tensor] = {}  # split -> (N, C, H, W) cached encoder features
+        self.text: dict[str, tuple[Tensor, Tensor]] = {}  # split -> (states (N, T, 384), mask (N, T))
+        self.sample_every = cfg["sample"]["every_n_steps"]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.tokenizer.eval()  # frozen, always in inference mode
+        return self
+
+    # --- inputs ---------------------------------------------------------------------------------
+    def batch_features(self, batch: dict, split: str) -> Tensor:
+        if split in self.features:
+            return self.features[split][batch["index"].cpu()].to(self.device, non_blocking=True)
+        with torch.no_grad():
+            return self.tokenizer.encode(batch["image"])
+
+    def batch_text(self, batch: dict, split: str):
+        if self.model.cond_kind != "text":
+            return None
+        if split in self.text:
+            s, m = self.text[split]
+            idx = batch["index"].cpu()
+            return s[idx].to(self.device), m[idx].to(self.device)
+        from lab.text import encode_text
+
+        s, m = encode_text(batch["caption"])
+        return s.to(self.device), m.to(self.device)
+
+    def sequence(self, f: Tensor, strategy) -> tuple[Tensor, Tensor]:
+        """Teacher-forced (inputs (B, L-1, C), labels (B, L[, d]))."""
+        msq = self.tokenizer.msq
+        tf = teacher_forcing(msq, f, strategy)
+        labels = flatten_scales(tf.labels)
+        if self.model.order == "scale":
+            x = flatten_scales([t.permute(0, 2, 3, 1) for t in tf.inputs])  # (B, L-1, C)
+        else:  # raster: the input of token t is the latent of code t-1
+            x = torch.cat([scale_token_latents(msq, lab, k) for k, lab in enumerate(tf.labels)], 1)[:, :-1]
+        return x, labels
+
+    def cond(self, batch: dict, split: str, drop: Tensor | None):
+        return self.model.condition(labels=batch["label"], text=self.batch_text(batch, split), drop=drop,
+                                    batch_size=batch["label"].shape[0])
+
+    def losses(self, batch: dict, split: str, strategy, drop: Tensor | None):
+        f = self.batch_features(batch, split)
+        x, labels = self.sequence(f, strategy)
+        h = self.model(x, self.cond(batch, split, drop))
+        logits = self.head(h)
+        return self.head.loss(logits, labels), logits, labels
+
+    # --- steps ----------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        B = batch["label"].shape[0]
+        drop = torch.rand(B, device=self.device) < self.model.cond_dropout
+        tok_loss, logits, labels = self.losses(batch, "train", self.correction, drop)
+        loss = (tok_loss * self.weights).sum(1).mean()
+        check_finite(loss, self.global_step, {"loss": loss})
+        self.log("train/loss", loss)
+        self.log("loss", loss, prog_bar=True, logger=False)
+        return loss
+
+    def per_scale(self, values: Tensor) -> list[Tensor]:
+        """(B, L) -> per-scale means."""
+        return [values[:, self.model.scale_of == k].mean() for k in range(len(self.tokenizer.scales))]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        tok_loss, logits, labels = self.losses(batch, "validation", NoCorrection(), None)
+        log = {"val/loss": tok_loss.mean(), "val/token_accuracy": self.head.correct(logits, labels).mean(),
+               "val/bit_accuracy": self.head.bit_agreement(logits, labels).mean()}
+        for k, v in enumerate(self.per_scale(tok_loss)):
+            log[f"val_scale/loss_{k}"] = v
+        self.log_dict(log, prog_bar=False, sync_dist=True)
+        self.log("val_loss", log["val/loss"], prog_bar=True, logger=False, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.is_global_zero or self.logger is None or self.trainer.sanity_checking:
+            return
+        exp = getattr(self.logger, "experiment", None)
+        if exp is None or not hasattr(exp, "add_image"):
+            return
+        imgs = self.sample_grid(n=self.cfg["sample"]["grid"])
+        exp.add_image("samples", image_grid([imgs], imgs.shape[0]), self.global_step)
+
+    def grid_conditions(self, n: int) -> dict:
+        """Conditions for a sample grid: classes 0..C-1 cycled, or the first val captions."""
+        if self.model.cond_kind == "class":
+            return {"labels": torch.arange(n, device=self.device) % self.model.num_classes}
+        if self.model.cond_kind == "text" and "validation" in self.text:
+            s, m = self.text["validation"]
+            return {"text": (s[:n].to(self.device), m[:n].to(self.device))}
+        return {}
+
+    @torch.no_grad()
+    def sample_grid(self, n: int, opts: SampleOptions | None = None) -> Tensor:
+        was = self.training
+        self.eval()
+        sc = self.cfg["sample"]
+        opts = opts or SampleOptions(cfg=sc["cfg"], cfg_schedule=sc["cfg_schedule"], temperature=sc["temperature"],
+                                     top_k=sc["top_k"], top_p=sc["top_p"], seed=0)
+        cond = self.grid_conditions(n)
+        imgs = sample_images(self.model, self.head, self.tokenizer, batch_size=n, opts=opts, **cond)
+        self.train(was)
+        return imgs
+
+    def configure_optimizers(self):
+        return optim.configure(torch.nn.ModuleList([self.model, self.head]), self.cfg["optim"], self.trainer.max_steps)
+
+    def head_params(self) -> int:
+        return count_params(self.head)

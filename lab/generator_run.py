@@ -1,0 +1,262 @@
+"""The generator stage end to end: find or train the tokenizer, cache features, train, evaluate.
+
+A generator experiment names its tokenizer with ``tokenizer_from`` (a checkpoint file or a tokenizer run
+directory). When it is null the experiment's own tokenizer stage is trained first, once, and cached under
+``runs/_tokenizers/<hash>/`` keyed by everything that defines it (data, quantizer, tokenizer, loss and
+``tokenizer_train``), so every generator that needs the same tokenizer reuses it.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from omegaconf import DictConfig, OmegaConf
+
+from lab.config import to_dict
+from lab.generator import GeneratorModule
+from lab.metrics import FID, count_params, peak_memory_mb, reset_peak_memory
+from lab.registry import ConfigError
+from lab.run import build_datamodule, build_trainer, log_final, make_run_dir, runs_root, save_config, seed_all, summary, write_metrics
+from lab.sampling import SampleOptions, sample_images
+
+TOKENIZER_KEYS = ("data", "quantizer", "tokenizer", "loss", "tokenizer_train")
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def tokenizer_config(cfg: DictConfig) -> DictConfig:
+    """The tokenizer-stage config a generator experiment implies."""
+    d = to_dict(cfg)
+    tt = d["tokenizer_train"]
+    d.update(stage="tokenizer", seed=tt["seed"], resume=False, run_id="run", sweep=None, seeds=None)
+    d["trainer"] = {**d["trainer"], "max_steps": tt["max_steps"], "val_check_interval": min(d["trainer"]["val_check_interval"], tt["max_steps"])}
+    d["optim"] = {**d["optim"], "learning_rate": tt["learning_rate"]}
+    d["loader"] = {**d["loader"], "batch_size": tt["batch_size"]}
+    d["eval"] = {**d["eval"], "fid_samples": 0}
+    d["name"] = f"_tokenizers/{_hash({k: d[k] for k in TOKENIZER_KEYS} | {'image_size': d['loader']['image_size']})}"
+    return OmegaConf.create(d)
+
+
+def _ckpt_in(path: Path) -> Path:
+    if path.is_file():
+        return path
+    for name in ("best.ckpt", "last.ckpt"):
+        if (path / "checkpoints" / name).is_file():
+            return path / "checkpoints" / name
+    raise ConfigError(f"tokenizer_from={path}: no checkpoint there (looked for the file itself and {path}/checkpoints/best.ckpt, last.ckpt).")
+
+
+def load_tokenizer(path: str | Path):
+    """A TokenizerModule from a checkpoint or a run directory (strict: a shape mismatch is an error)."""
+    from lab.modules import TokenizerModule
+
+    ckpt = _ckpt_in(Path(path))
+    try:
+        module = TokenizerModule.load_from_checkpoint(str(ckpt), map_location="cpu", strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"The tokenizer checkpoint {ckpt} does not match its configuration: {first}") from None
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{ckpt} is not a bitlab tokenizer checkpoint ({e}).") from None
+    return module
+
+
+def resolve_tokenizer(cfg: DictConfig):
+    """(TokenizerModule, its directory): from ``tokenizer_from``, the cache, or by training it now."""
+    if cfg["tokenizer_from"]:
+        path = Path(cfg["tokenizer_from"])
+        if not path.exists():
+            raise ConfigError(f"tokenizer_from={path} does not exist. Give a tokenizer checkpoint (.ckpt) or run directory, or null to train one.")
+        return load_tokenizer(path), (path if path.is_dir() else path.parent.parent)
+    tcfg = tokenizer_config(cfg)
+    tdir = runs_root(tcfg) / tcfg["name"] / "run"
+    if not (tdir / "metrics.json").is_file():
+        from lab.run import run_tokenizer
+
+        if (tdir / "checkpoints" / "last.ckpt").is_file():
+            tcfg["resume"] = True
+        elif tdir.exists():
+            import shutil
+
+            shutil.rmtree(tdir)  # an interrupted cache entry with no checkpoint: nothing to keep
+        print(f"training the tokenizer stage first -> {tdir}")
+        run_tokenizer(tcfg)
+    else:
+        print(f"reusing tokenizer {tdir}")
+    return load_tokenizer(tdir), tdir
+
+
+@torch.no_grad()
+def cache_features(module: GeneratorModule, dm, tdir: Path, cfg: DictConfig) -> None:
+    """Encoder features of every image of both splits, computed once and stored beside the tokenizer."""
+    key = _hash({"data": to_dict(cfg["data"]), "size": cfg["loader"]["image_size"]})
+    path = tdir / "features" / f"{key}.pt"
+    if path.is_file():
+        feats = torch.load(path, map_location="cpu")
+    else:
+        feats = {}
+        tok = module.tokenizer.eval()
+        for split in ("train", "validation"):
+            chunks = [tok.encode(b["image"]) for b in dm.ordered_loader(split)]
+            feats[split] = torch.cat(chunks).contiguous()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(feats, tmp)
+        tmp.replace(path)
+    module.features = feats
+    if module.model.cond_kind == "text":
+        module.text = cache_text(dm, cfg, key)
+
+
+def cache_text(dm, cfg: DictConfig, key: str) -> dict:
+    from lab.text import encode_text
+
+    path = runs_root(cfg) / "_text" / f"{key}.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu")
+    out = {split: encode_text(dm.captions(split)) for split in ("train", "validation")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(out, tmp)
+    tmp.replace(path)
+    return out
+
+
+def sample_opts(cfg: Any, **kw) -> SampleOptions:
+    s = cfg["sample"]
+    base = dict(cfg=s["cfg"], cfg_schedule=s["cfg_schedule"], temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"])
+    base.update(kw)
+    return SampleOptions(**base)
+
+
+@torch.no_grad()
+def free_running_accuracy(module: GeneratorModule, batch: dict) -> list[float]:
+    """Per scale: greedy predictions made on the model's *own* earlier scales, scored against the codes that
+    re-quantizing the real image's residual ``f - f_hat_own`` gives (what a perfect corrector would emit)."""
+    from lab.sampling import make_cond
+
+    model, head, msq = module.model, module.head, module.tokenizer.msq
+    f = module.batch_features(batch, "validation")
+    B = f.shape[0]
+    cond = make_cond(model, labels=batch["label"].to(module.device), text=module.batch_text(batch, "validation"), batch_size=B, guided=False)
+    cache, f_hat, start, acc = model.new_cache(), torch.zeros_like(f), 0, []
+    if model.order != "scale":
+        return []
+    for k, s in enumerate(msq.scales):
+        x = None if k == 0 else msq.down(f_hat, s).flatten(2).transpose(1, 2)
+        logits = head(model.step(x, cond, cache, start, s * s))
+        start += s * s
+        target, _ = msq.quantize_scale(f, f_hat, k)
+        target = target.flatten(1, 2)
+        acc.append(float(head.bit_agreement(logits, target).mean()))
+        pred = head.sample(logits, temperature=0, top_k=0, top_p=1.0, generator=None)
+        f_hat = f_hat + msq.contribution(msq.quantizer.codes_to_latent(pred.reshape(B, s, s, *pred.shape[2:])), k)
+    return acc
+
+
+@torch.no_grad()
+def evaluate_generator(module: GeneratorModule, dm, cfg: Any) -> dict:
+    from lab.correction import NoCorrection
+
+    module.eval()
+    K = len(module.tokenizer.scales)
+    ev = cfg["eval"]
+    tot = {"loss": 0.0, "tok": 0.0, "bit": 0.0}
+    ps_loss, ps_tf, ps_fr = [0.0] * K, [0.0] * K, [0.0] * K
+    n = 0
+    for i, batch in enumerate(dm.ordered_loader("validation")):
+        if i >= ev["batches"]:
+            break
+        batch = {k: (v.to(module.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        tok_loss, logits, labels = module.losses(batch, "validation", NoCorrection(), None)
+        tot["loss"] += float(tok_loss.mean())
+        tot["tok"] += float(module.head.correct(logits, labels).mean())
+        bits = module.head.bit_agreement(logits, labels)
+        tot["bit"] += float(bits.mean())
+        for k, (l, a) in enumerate(zip(module.per_scale(tok_loss), module.per_scale(bits))):
+            ps_loss[k] += float(l)
+            ps_tf[k] += float(a)
+        for k, a in enumerate(free_running_accuracy(module, batch)):
+            ps_fr[k] += a
+        n += 1
+    m: dict[str, Any] = {"val_loss": tot["loss"] / n, "token_accuracy": tot["tok"] / n, "bit_accuracy": tot["bit"] / n}
+    per = {"scale": module.tokenizer.scales, "val_loss": [v / n for v in ps_loss], "accuracy_teacher_forced": [v / n for v in ps_tf]}
+    if module.model.order == "scale":
+        per["accuracy_free_running"] = [v / n for v in ps_fr]
+        per["accuracy_gap"] = [a - b for a, b in zip(per["accuracy_teacher_forced"], per["accuracy_free_running"])]
+    m["per_scale"] = per
+    if ev["fid_samples"] > 0:
+        t0 = time.time()
+        m["gfid"], m["fid_samples"] = gfid(module, dm, cfg, ev["fid_samples"])
+        m["sampling_time_s"] = time.time() - t0
+    return m
+
+
+@torch.no_grad()
+def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> tuple[float, int]:
+    """FID of generated images, conditioned on the validation set's labels/captions, against those images."""
+    fid = FID(device=module.device)
+    seen = 0
+    for i, batch in enumerate(dm.ordered_loader("validation")):
+        if seen >= n:
+            break
+        take = min(batch["image"].shape[0], n - seen)
+        b = {k: (v[:take].to(module.device) if torch.is_tensor(v) else v[:take]) for k, v in batch.items()}
+        cond = {}
+        if module.model.cond_kind == "class":
+            cond["labels"] = b["label"]
+        elif module.model.cond_kind == "text":
+            cond["text"] = module.batch_text(b, "validation")
+        imgs = sample_images(module.model, module.head, module.tokenizer, batch_size=take, opts=sample_opts(cfg, seed=i), **cond)
+        fid.update(b["image"], real=True)
+        fid.update(imgs, real=False)
+        seen += take
+    return float(fid.compute()), seen
+
+
+def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
+    seed_all(cfg)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    tok_module, tdir = resolve_tokenizer(cfg)
+    seed_all(cfg)
+    module = GeneratorModule(to_dict(cfg), tok_module.tokenizer, num_classes=dm.num_classes)
+    cache_features(module, dm, tdir, cfg)
+    run_dir, resuming = make_run_dir(cfg)
+    if not resuming:
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "tokenizer.txt").write_text(str(tdir) + "\n")
+    reset_peak_memory()
+    t0 = time.time()
+    trainer = build_trainer(cfg, run_dir)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(run_dir / "checkpoints" / "last.ckpt") if resuming else None)
+    train_time = time.time() - t0
+    metrics: dict[str, Any] = {}
+    if trainer.is_global_zero:
+        metrics = evaluate_generator(module, dm, cfg)
+        metrics.update(
+            params=count_params(module.model) + count_params(module.head), head_params=module.head_params(),
+            steps=int(trainer.global_step), wall_time_s=time.time() - t0, train_time_s=train_time,
+            peak_memory_mb=peak_memory_mb(), tokenizer=str(tdir),
+        )
+        write_metrics(run_dir, metrics)
+        log_final(trainer, cfg, metrics)
+        imgs = module.sample_grid(cfg["sample"]["grid"])
+        torchvision.utils.save_image(imgs * 0.5 + 0.5, run_dir / "samples.png", nrow=int(len(imgs) ** 0.5 + 0.999))
+        print(summary(run_dir, metrics))
+        print_per_scale(metrics["per_scale"])
+    return run_dir, metrics
+
+
+def print_per_scale(per: dict) -> None:
+    from lab.evaluate import format_per_scale
+
+    print(format_per_scale(per))
