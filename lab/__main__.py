@@ -41,12 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("list", help="list the experiments")
     p.set_defaults(func=cmd_list)
-    for extra in ("sample", "bench", "report"):
-        try:
-            mod = __import__(f"lab.cli_{extra}", fromlist=["register"])
-            mod.register(sub)
-        except ImportError:
-            pass
+    from lab import cli_bench, cli_sample
+
+    cli_sample.register(sub)
+    cli_bench.register(sub)
     args = parser.parse_args(argv)
 
     from lab.data import DataError

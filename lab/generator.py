@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 from lab import optim
-from lab.correction import CORRECTIONS, NoCorrection, teacher_forcing
+from lab.correction import CORRECTIONS, BitFlip, NoCorrection, teacher_forcing
 from lab.heads import build_head
 from lab.metrics import count_params
 from lab.modules import check_finite, image_grid
-from lab.registry import build
+from lab.registry import ConfigError, build
 from lab.sampling import SampleOptions, sample_images, scale_token_latents
 from lab.tokenizer import Tokenizer
 from lab.transformer import Transformer
@@ -51,6 +51,11 @@ class GeneratorModule(pl.LightningModule):
         vocab = getattr(msq.quantizer, "vocab_size", 2**msq.bits)
         self.head = build_head(cfg["head"], width=self.model.width, code_kind=msq.code_kind, bits=msq.bits, vocab_size=vocab)
         self.correction = build(CORRECTIONS, cfg["correction"], "correction")
+        if isinstance(self.correction, BitFlip) and msq.code_kind != "bits":
+            raise ConfigError(
+                f"correction.name=bitflip needs bit codes, but quantizer '{cfg['quantizer']['name']}' gives indices; "
+                "use correction.name=random_index (or a bit quantizer: lfq, bsq)."
+            )
         self.register_buffer("weights", scale_weights(msq.scales, cfg["generator_loss"]["scale_reweight"], "cpu"), persistent=False)
         self.features: dict[str, Tensor] = {}  # split -> (N, C, H, W) cached encoder features
         self.text: dict[str, tuple[Tensor, Tensor]] = {}  # split -> (states (N, T, 384), mask (N, T))

@@ -7,7 +7,6 @@ directory). When it is null the experiment's own tokenizer stage is trained firs
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import time

@@ -6,13 +6,13 @@ index codes predicts the index's binary expansion (ceil(log2 V) bits).
 """
 from __future__ import annotations
 
-from typing import Sequence
+
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lab.codes import bits_for_vocab, pack_bits, unpack_bits
+from lab.codes import pack_bits, unpack_bits
 from lab.registry import ConfigError
 
 INJECTED = ("width", "code_kind", "bits", "vocab_size")

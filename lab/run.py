@@ -6,7 +6,6 @@ Every run writes ``runs/<NAME>/<run-id>/`` with ``config.yaml`` (resolved), ``me
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from datetime import datetime

@@ -4,11 +4,9 @@
 """
 from __future__ import annotations
 
-import random
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lab.quantizers import build_quantizer
@@ -65,8 +63,9 @@ class Decoder(nn.Module):
             for _ in range(num_res_blocks):
                 layers.append(ResBlock(c, w))
                 c = w
-            if i < len(widths) - 1:
-                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)]
+            if i < len(widths) - 1:  # narrow to the next level's width while upsampling: the conv runs at 2x
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, widths[i + 1], 3, padding=1)]
+                c = widths[i + 1]
         layers += [_norm(c), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
@@ -88,8 +87,8 @@ class Tokenizer(nn.Module):
         self,
         *,
         quantizer: Mapping[str, Any],
-        channels: int = 64,
-        channel_mult: Sequence[int] = (1, 2, 2),
+        channels: int = 16,
+        channel_mult: Sequence[int] = (1, 4, 8),
         num_res_blocks: int = 1,
         latent_dim: int = 16,
         scales: Sequence[int] = (1, 2, 3, 4, 6, 8),

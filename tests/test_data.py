@@ -1,7 +1,6 @@
 """lab.data: sources -> cached Arrow datasets -> ImageDataModule. Offline, small, each test a few seconds."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import datasets

@@ -1,7 +1,6 @@
 """Generator pieces without data: no leak across scales, KV cache == recompute, CFG, heads, corrections."""
 from __future__ import annotations
 
-import itertools
 
 import pytest
 import torch
@@ -61,7 +60,7 @@ def test_no_information_leaks_across_scales(cond):
     starts = torch.tensor([0] + [s * s for s in SCALES]).cumsum(0)  # scale k occupies [starts[k], starts[k+1])
     for k in range(1, len(SCALES)):
         x2 = x.clone()
-        a, b = int(starts[k]) - 1, int(starts[k + 1]) - 1  # input tokens of scale k (after the start token)
+        a = int(starts[k]) - 1  # first input token of scale k (after the start token)
         x2[:, a:] = torch.randn_like(x2[:, a:])  # scale k and everything after it
         h2 = model(x2, c)
         assert torch.equal(h[:, : int(starts[k])], h2[:, : int(starts[k])]), f"scale {k} leaked backwards"

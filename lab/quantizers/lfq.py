@@ -6,7 +6,6 @@ behaviour the tokenizer ablation measures, so we wrap it as it is.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from vector_quantize_pytorch import LFQ as _LFQ
 

@@ -17,7 +17,6 @@ ratio of the residual's RMS to the code's RMS. The tokenizer additionally decode
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Sequence
 
 import torch

@@ -1,0 +1,91 @@
+"""``python -m lab bench``: the memory tracker against known allocations, and one --quick run end to end."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lab.bench import format_table, peak_bytes
+from lab.config import ROOT
+
+MB = 1_000_000
+
+
+def test_peak_bytes_counts_what_the_call_allocates():
+    held = torch.ones(2 * MB)  # allocated before: not counted, and freeing it inside does not go negative
+
+    def fn():
+        nonlocal held
+        held = None
+        keep = torch.empty(8 * MB, dtype=torch.uint8)
+        tmp = torch.empty(4 * MB, dtype=torch.uint8)
+        del tmp
+        small = torch.empty(1 * MB, dtype=torch.uint8)  # fits in the hole tmp left: peak stays 12 MB
+        return keep, small
+
+    peak = peak_bytes(fn)
+    assert 12 * MB <= peak < 12 * MB + 64 * 1024
+
+
+def test_peak_bytes_sees_autograd():
+    x = torch.randn(MB, requires_grad=True)  # 4 MB
+
+    def step():
+        x.exp().sum().backward()  # exp's output is saved for backward (4 MB), then x.grad (4 MB)
+        x.grad = None
+
+    peak = peak_bytes(step)
+    assert 8 * MB <= peak < 16 * MB
+
+
+def test_format_table_aligns():
+    rows = [dict(name="a", v=1.5), dict(name="bbb", v=None)]
+    text = format_table(rows, [("name", "name", "s"), ("v", "value", "f")])
+    lines = text.splitlines()
+    assert len(lines) == 4 and len({len(lines[0]), len(lines[1])}) == 1
+    assert format_table(rows, [("name", "name", "s")], markdown=True).splitlines()[1] == "|---|"
+
+
+@pytest.mark.slow
+def test_bench_quick(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "lab", "bench", "--quick", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    docs = {}
+    for part in ("quantizers", "heads", "sampling", "generator_train"):
+        doc = json.loads((tmp_path / f"{part}.json").read_text())
+        assert {"torch", "device", "cpu_count", "date", "repeats"} <= set(doc["header"])
+        assert doc["rows"] and set(doc["columns"]) <= set().union(*doc["rows"])  # every column is filled somewhere
+        docs[part] = doc
+        assert f"## {part}" in (tmp_path / "bench.md").read_text()
+        assert part in proc.stdout
+
+    q = {(r["quantizer"], r["bits"]): r for r in docs["quantizers"]["rows"]}
+    assert {"quantizer", "bits", "ms_per_step", "peak_mb", "status"} <= set(q["bsq", 64])
+    assert q["bsq", 64]["status"] == "ok" and math.isfinite(q["bsq", 64]["ms_per_step"])
+    assert q["lfq", 64]["status"] == "unsupported" or q["lfq", 64]["status"].startswith("skipped")
+    assert q["lfq", 8]["status"] == "ok" and q["lfq", 8]["lfq_over_bsq"] > 0
+    assert q["lfq", 12]["peak_mb"] > q["bsq", 12]["peak_mb"]  # LFQ's 2^bits distance matrix
+
+    h = {(r["width"], r["bits"]): r for r in docs["heads"]["rows"]}
+    assert h[2048, 32]["index_params"] == 2048 * 2**32 + 2**32
+    assert h[2048, 32]["bitwise_params"] == 2048 * 32 + 32
+    assert h[2048, 32]["index_fp32_bytes"] == 4 * h[2048, 32]["index_params"]
+    assert h[2048, 32]["index_ms"] is None and h[2048, 32]["bitwise_ms"] > 0  # never built, never allocated
+
+    s = docs["sampling"]["rows"]
+    for r in s:
+        assert {"order", "use_cache", "batch", "ms_per_batch", "images_per_s"} <= set(r)
+    for b in {r["batch"] for r in s}:
+        scale = next(r for r in s if r["order"] == "scale" and r["use_cache"] and r["batch"] == b)
+        raster = next(r for r in s if r["order"] == "raster" and r["batch"] == b)
+        assert scale["images_per_s"] > raster["images_per_s"]  # 6 steps vs 130
+
+    g = docs["generator_train"]["rows"]
+    assert {r["size"] for r in g if r["item"] == "train step"} == {"xs", "s"}
+    assert {r["correction"] for r in g if r["item"] == "teacher_forcing"} >= {"none", "bitflip"}
+    assert all(r["ms"] > 0 for r in g)

@@ -1,0 +1,94 @@
+"""End-to-end runs at smoke scale: every experiment YAML, outputs, resume, no overwrite."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lab.config import available_experiments, load_experiment
+from lab.registry import ConfigError
+from lab.run import run_experiment
+
+TOKENIZER_KEYS = {"psnr", "ssim", "lpips", "rfid", "per_scale", "wall_time_s", "peak_memory_mb"}
+GENERATOR_KEYS = {"val_loss", "token_accuracy", "bit_accuracy", "gfid", "params", "head_params", "per_scale",
+                  "wall_time_s", "peak_memory_mb"}
+
+
+def smoke(name: str, tmp_path: Path, *extra: str):
+    cfg = load_experiment(name, ["preset=smoke", f"runs_dir={tmp_path / 'runs'}", *extra])
+    return cfg
+
+
+SINGLE_RUN = [n for n in available_experiments() if not n.startswith("ablations/")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SINGLE_RUN)
+def test_every_experiment_runs_at_smoke_scale(name, tmp_path):
+    cfg = smoke(name, tmp_path)
+    run_dir, metrics = run_experiment(cfg)
+    assert (run_dir / "config.yaml").is_file()
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    keys = TOKENIZER_KEYS if cfg.stage == "tokenizer" else GENERATOR_KEYS
+    assert keys <= set(saved), keys - set(saved)
+    for k in keys - {"per_scale"}:
+        assert saved[k] == saved[k], f"{k} is NaN"  # finite numbers
+    if cfg.stage == "tokenizer":
+        assert ("bit_entropy" in saved) != ("codebook_usage" in saved)
+        assert len(saved["per_scale"]["prefix_psnr"]) == len(cfg.tokenizer.get("scales", [1, 2, 3, 4, 6, 8]))
+    ck = run_dir / "checkpoints"
+    assert (ck / "last.ckpt").is_file() and (ck / "best.ckpt").is_file()
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_checkpoint_step(tmp_path):
+    cfg = smoke("quickstart", tmp_path, "run_id=r1", "eval.fid_samples=0")
+    run_dir, m1 = run_experiment(cfg)
+    assert m1["steps"] == 4
+    ck = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 4
+    cfg2 = smoke("quickstart", tmp_path, "run_id=r1", "resume=true", "trainer.max_steps=6", "eval.fid_samples=0")
+    run_dir2, m2 = run_experiment(cfg2)
+    assert run_dir2 == run_dir and m2["steps"] == 6
+    ck = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ck["global_step"] == 6
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    cfg = smoke("quickstart", tmp_path, "resume=true")
+    with pytest.raises(ConfigError, match="no run of 'quickstart' has a checkpoint"):
+        run_experiment(cfg)
+
+
+@pytest.mark.slow
+def test_a_run_never_overwrites_another(tmp_path):
+    cfg = smoke("quickstart", tmp_path, "run_id=same", "trainer.max_steps=1", "eval.fid_samples=0")
+    run_experiment(cfg)
+    before = (tmp_path / "runs" / "quickstart" / "same" / "metrics.json").read_text()
+    with pytest.raises(ConfigError, match="already exists"):
+        run_experiment(cfg)
+    assert (tmp_path / "runs" / "quickstart" / "same" / "metrics.json").read_text() == before
+    # two runs without a run_id get two directories
+    a, _ = run_experiment(smoke("quickstart", tmp_path, "trainer.max_steps=1", "eval.fid_samples=0"))
+    b, _ = run_experiment(smoke("quickstart", tmp_path, "trainer.max_steps=1", "eval.fid_samples=0"))
+    assert a != b
+
+
+@pytest.mark.slow
+def test_multiscale_residual_shrinks_on_a_trained_tokenizer(tmp_path):
+    cfg = smoke("quickstart", tmp_path, "trainer.max_steps=30", "eval.fid_samples=0", "loss.lpips_weight=0.0")
+    run_dir, _ = run_experiment(cfg)
+    from lab.generator_run import load_tokenizer
+
+    tok = load_tokenizer(run_dir).tokenizer.eval()
+    x = torch.rand(16, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        f = tok.encode(x)
+        q = tok.msq(f, keep_prefixes=True)
+    errs = [float((f - p).pow(2).mean()) for p in q.prefixes]
+    base = float(f.pow(2).mean())
+    assert errs[0] < base
+    assert all(b < a for a, b in zip(errs, errs[1:])), errs
