@@ -403,7 +403,7 @@ def _fmt(v, kind: str) -> str:
                 return f"{v / div:.3g}{unit if kind == 'h' else ' ' + unit}"
         return f"{v:.0f}" + ("" if kind == "h" else " B")
     if kind == "x":
-        return f"{v:.3g}x" if v < 1e4 else f"{v:.2e}x"
+        return f"{v:.3g}x" if v < 1e3 else f"{v:.0f}x" if v < 1e6 else f"{v:.2e}x"
     if not math.isfinite(v):
         return str(v)
     return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}"
