@@ -15,13 +15,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from lab.config import load_experiment
     from lab.run import run_experiment
 
-    cfg = load_experiment(args.name, args.overrides)
-    if cfg.get("sweep") or cfg.get("seeds"):
-        from lab.sweep import run_sweep
-
-        run_sweep(cfg)
-    else:
-        run_experiment(cfg)
+    run_experiment(load_experiment(args.name, args.overrides))
 
 
 def cmd_list(args: argparse.Namespace) -> None:

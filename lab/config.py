@@ -23,7 +23,7 @@ STAGES = ("tokenizer", "generator")
 
 # Nodes whose keys are keyword arguments of some constructor (checked against its signature) and
 # nodes that hold free-form maps. Every other key must already exist in base.yaml.
-OPEN_NODES = ("data", "quantizer", "tokenizer", "generator", "head", "correction", "trainer", "presets", "sweep")
+OPEN_NODES = ("data", "quantizer", "tokenizer", "generator", "head", "correction", "trainer", "presets")
 
 
 def available_experiments() -> list[str]:
@@ -166,28 +166,12 @@ def load_experiment(name: str, overrides: Iterable[str] = ()) -> DictConfig:
     for node, check in _validators().items():
         if cfg.get(node) is not None:
             check(cfg[node])
-    sweep = cfg.get("sweep") or {}
-    for key in sweep:
-        _check_dotted(base, cfg, key)
     conf = OmegaConf.create(cfg)
     OmegaConf.set_struct(conf, True)
     for node in OPEN_NODES:
         if isinstance(conf.get(node), DictConfig):
             OmegaConf.set_struct(conf[node], False)
     return conf
-
-
-def _check_dotted(base: Mapping, cfg: Mapping, key: str) -> None:
-    """A sweep key must name a config entry (or sit inside an open node)."""
-    parts = key.split(".")
-    if parts[0] in OPEN_NODES:
-        return
-    node: Any = base
-    for i, p in enumerate(parts):
-        if not isinstance(node, Mapping) or p not in node:
-            valid = list(node) if isinstance(node, Mapping) else []
-            raise ConfigError(f"Unknown sweep key '{key}'.{suggest(p, [str(v) for v in valid])}")
-        node = node[p]
 
 
 def to_dict(cfg: DictConfig | ListConfig | Any) -> Any:

@@ -59,7 +59,6 @@ class GeneratorModule(pl.LightningModule):
         self.register_buffer("weights", scale_weights(msq.scales, cfg["generator_loss"]["scale_reweight"], "cpu"), persistent=False)
         self.features: dict[str, Tensor] = {}  # split -> (N, C, H, W) cached encoder features
         self.text: dict[str, tuple[Tensor, Tensor]] = {}  # split -> (states (N, T, 384), mask (N, T))
-        self.sample_every = cfg["sample"]["every_n_steps"]
 
     def train(self, mode: bool = True):
         super().train(mode)

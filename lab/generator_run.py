@@ -35,7 +35,7 @@ def tokenizer_config(cfg: DictConfig) -> DictConfig:
     """The tokenizer-stage config a generator experiment implies."""
     d = to_dict(cfg)
     tt = d["tokenizer_train"]
-    d.update(stage="tokenizer", seed=tt["seed"], resume=False, run_id="run", sweep=None, seeds=None)
+    d.update(stage="tokenizer", seed=tt["seed"], resume=False, run_id="run")
     d["trainer"] = {**d["trainer"], "max_steps": tt["max_steps"], "val_check_interval": min(d["trainer"]["val_check_interval"], tt["max_steps"])}
     d["optim"] = {**d["optim"], "learning_rate": tt["learning_rate"]}
     d["loader"] = {**d["loader"], "batch_size": tt["batch_size"]}

@@ -92,3 +92,25 @@ def test_multiscale_residual_shrinks_on_a_trained_tokenizer(tmp_path):
     base = float(f.pow(2).mean())
     assert errs[0] < base
     assert all(b < a for a, b in zip(errs, errs[1:])), errs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, arg", [("generator/c2i_fashion", ["--class", "3"]), ("generator/t2i_emoji", ["--prompt", "red apple"])])
+def test_sample_command_writes_a_png(name, arg, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from lab.config import ROOT
+
+    run_dir, _ = run_experiment(smoke(name, tmp_path, "eval.fid_samples=0"))
+    out = tmp_path / "grid.png"
+    r = subprocess.run([sys.executable, "-m", "lab", "sample", str(run_dir), *arg, "--n", "4", "--cfg", "3", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    img = Image.open(out)
+    img.verify()
+    assert Image.open(out).size[0] > 32
+    bad = subprocess.run([sys.executable, "-m", "lab", "sample", str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
