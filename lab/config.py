@@ -152,7 +152,7 @@ def load_experiment(name: str, overrides: Iterable[str] = ()) -> DictConfig:
     base = read_yaml(EXPERIMENTS / "base.yaml")
     exp = read_yaml(path)
     cli = parse_overrides(overrides)
-    _check_known(base, exp, str(path.relative_to(ROOT)))
+    _check_known(base, exp, str(path.relative_to(EXPERIMENTS.parent)))
     _check_known(base, cli, "the command line")
     cfg = merge(merge(base, exp), cli)
     preset = cfg.get("preset")

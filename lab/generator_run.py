@@ -129,8 +129,9 @@ def cache_text(dm, cfg: DictConfig, key: str) -> dict:
     return out
 
 
-def sample_opts(cfg: Any, **kw) -> SampleOptions:
-    s = cfg["sample"]
+def sample_opts(config: Any, **kw) -> SampleOptions:
+    """The run's ``sample:`` options, with keyword overrides (``cfg=3.0``, ``seed=1``, ...)."""
+    s = config["sample"]
     base = dict(cfg=s["cfg"], cfg_schedule=s["cfg_schedule"], temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"])
     base.update(kw)
     return SampleOptions(**base)
