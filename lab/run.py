@@ -191,5 +191,10 @@ def log_final(trainer: pl.Trainer, cfg: Any, metrics: dict) -> None:
         return
     final = {f"final/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     logger.log_hyperparams(flat_hparams(cfg), final)
+    per = metrics.get("per_scale") or {}
+    for key, values in per.items():
+        if key != "scale":
+            for s, v in zip(per["scale"], values):
+                final[f"final_per_scale/{key}_{s}x{s}"] = float(v)
     logger.log_metrics(final, step=int(trainer.global_step))
     logger.finalize("success")
