@@ -42,11 +42,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
     model = module.model
     kw = {}
     if model.cond_kind == "text":
-        if args.prompt is None:
-            raise ConfigError("this generator is text-conditional: pass --prompt \"...\"")
+        if not args.prompt:
+            raise ConfigError("this generator is text-conditional: pass --prompt \"...\" (repeat it for several prompts)")
         from lab.text import encode_text
 
-        s, m = encode_text([args.prompt] * args.n)
+        s, m = encode_text([args.prompt[i % len(args.prompt)] for i in range(args.n)])
         kw["text"] = (s, m)
     elif model.cond_kind == "class":
         n_cls = model.num_classes
@@ -65,7 +65,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
 def register(sub) -> None:
     p = sub.add_parser("sample", help="sample a PNG grid from a trained generator")
     p.add_argument("run_dir", help="a generator run directory or checkpoint")
-    p.add_argument("--prompt", default=None, help="caption (text-conditional generators)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="caption (text-conditional generators); repeat for several, the grid cycles through them")
     p.add_argument("--class", dest="cls", type=int, default=None, help="class index (class-conditional generators)")
     p.add_argument("--n", type=int, default=16)
     p.add_argument("--cfg", type=float, default=None)

@@ -145,7 +145,8 @@ class GeneratorModule(pl.LightningModule):
             return {"labels": torch.arange(n, device=self.device) % self.model.num_classes}
         if self.model.cond_kind == "text" and "validation" in self.text:
             s, m = self.text["validation"]
-            return {"text": (s[:n].to(self.device), m[:n].to(self.device))}
+            idx = torch.linspace(0, len(s) - 1, n).long()  # spread over the split, not its first rows
+            return {"text": (s[idx].to(self.device), m[idx].to(self.device))}
         return {}
 
     @torch.no_grad()

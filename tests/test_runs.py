@@ -95,7 +95,7 @@ def test_multiscale_residual_shrinks_on_a_trained_tokenizer(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, arg", [("generator/c2i_fashion", ["--class", "3"]), ("generator/t2i_emoji", ["--prompt", "red apple"])])
+@pytest.mark.parametrize("name, arg", [("generator/c2i_fashion", ["--class", "3"]), ("generator/t2i_emoji", ["--prompt", "red apple", "--prompt", "pig face"])])
 def test_sample_command_writes_a_png(name, arg, tmp_path):
     import subprocess
     import sys
