@@ -15,7 +15,19 @@ def cmd_run(args: argparse.Namespace) -> None:
     from lab.config import load_experiment
     from lab.run import run_experiment
 
-    run_experiment(load_experiment(args.name, args.overrides))
+    cfg = load_experiment(args.name, args.overrides)
+    if cfg.get("sweep"):
+        from lab.sweep import run_sweep
+
+        run_sweep(args.name, args.overrides)
+    else:
+        run_experiment(cfg)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from lab.sweep import write_report
+
+    write_report(args.name, args.overrides, out=args.out)
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -33,6 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("name", help="experiment path under experiments/, e.g. quickstart or tokenizer/bsq")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. trainer.max_steps=200")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("report", help="rebuild a sweep's results.csv, table and plots from its runs (no training)")
+    p.add_argument("name", help="the sweep's experiment path, e.g. ablations/order")
+    p.add_argument("overrides", nargs="*", help="the same key=value overrides the sweep ran with (e.g. preset=smoke)")
+    p.add_argument("--out", default=None, help="write there (e.g. results/order) instead of runs/NAME/")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("list", help="list the experiments")
     p.set_defaults(func=cmd_list)
     from lab import cli_bench, cli_sample

@@ -23,7 +23,7 @@ STAGES = ("tokenizer", "generator")
 
 # Nodes whose keys are keyword arguments of some constructor (checked against its signature) and
 # nodes that hold free-form maps. Every other key must already exist in base.yaml.
-OPEN_NODES = ("data", "quantizer", "tokenizer", "generator", "head", "correction", "trainer", "presets")
+OPEN_NODES = ("data", "quantizer", "tokenizer", "generator", "head", "correction", "trainer", "presets", "sweep", "report")
 
 
 def available_experiments() -> list[str]:
@@ -142,8 +142,12 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
     return checks
 
 
-def load_experiment(name: str, overrides: Iterable[str] = ()) -> DictConfig:
-    """Resolved, validated, read-only-structure config for experiment ``name`` (path under experiments/)."""
+def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | None = None,
+                    layer_source: str = "the sweep") -> DictConfig:
+    """Resolved, validated, read-only-structure config for experiment ``name`` (path under experiments/).
+
+    ``layer`` (nested dict, e.g. one grid point of a sweep) is merged after the experiment YAML and before the
+    preset and the command line."""
     name = str(name).removesuffix(".yaml")
     path = EXPERIMENTS / f"{name}.yaml"
     if not path.is_file():
@@ -154,7 +158,11 @@ def load_experiment(name: str, overrides: Iterable[str] = ()) -> DictConfig:
     cli = parse_overrides(overrides)
     _check_known(base, exp, str(path.relative_to(EXPERIMENTS.parent)))
     _check_known(base, cli, "the command line")
-    cfg = merge(merge(base, exp), cli)
+    cfg = merge(base, exp)
+    if layer:
+        _check_known(base, layer, layer_source)
+        cfg = merge(cfg, layer)
+    cfg = merge(cfg, cli)
     preset = cfg.get("preset")
     if preset not in PRESETS:
         raise ConfigError(f"Unknown preset '{preset}'.{suggest(str(preset), list(PRESETS))}")

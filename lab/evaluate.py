@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lab.metrics import FID, LPIPS, bit_entropy, codebook_stats, psnr, ssim
+from lab.metrics import FID, LPIPS, fid_cache_dir, bit_entropy, codebook_stats, psnr, ssim
 from lab.tokenizer import Tokenizer
 
 
@@ -40,7 +40,7 @@ def evaluate_tokenizer(
     prefix_psnr = [0.0] * K
     codes_per_scale: list[list[Tensor]] = [[] for _ in range(K)]
     n_batches = 0
-    fid = FID(device=device) if fid_samples > 0 else None
+    fid = FID(device=device, cache_dir=fid_cache_dir()) if fid_samples > 0 else None
     seen_fid = 0
     for i, batch in enumerate(val_loader):
         x = batch["image"].to(device)
@@ -95,3 +95,30 @@ def format_per_scale(per_scale: Mapping[str, Any]) -> str:
     for i, s in enumerate(per_scale["scale"]):
         lines.append(f"{s:>5} " + " ".join(f"{per_scale[k][i]:>14.4f}" for k in keys))
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def label_noise_sensitivity(msq: Any, f: Tensor, sigmas: Iterable[float], seed: int = 0) -> dict:
+    """Infinity's motivation for bitwise labels, measured: add Gaussian noise of ``sigma`` x RMS(f) to the
+    continuous encoder features, re-quantize, and count over every token of every scale the fraction of
+    index labels that change against the fraction of bits that flip (for VQ: the bits of the index's binary
+    expansion). -> {sigma: {"index_change": .., "bit_flip": ..}}."""
+    from lab.codes import unpack_bits
+
+    def as_bits(c: Tensor) -> Tensor:
+        return unpack_bits(c, msq.bits) if msq.code_kind == "index" else c
+
+    clean = [as_bits(c) for c in msq(f).codes]
+    rms = f.pow(2).mean().sqrt()
+    g = torch.Generator(device=f.device).manual_seed(seed)
+    out = {}
+    for sigma in sigmas:
+        noisy = msq(f + float(sigma) * rms * torch.randn(f.shape, generator=g, device=f.device, dtype=f.dtype)).codes
+        changed = flipped = tokens = 0.0
+        for a, b in zip(clean, noisy):
+            diff = a != as_bits(b)
+            changed += float(diff.any(-1).sum())
+            flipped += float(diff.float().mean(-1).sum())
+            tokens += diff.shape[:-1].numel()
+        out[f"{float(sigma):g}"] = {"index_change": changed / tokens, "bit_flip": flipped / tokens}
+    return out

@@ -107,11 +107,14 @@ class GeneratorModule(pl.LightningModule):
         return self.head.loss(logits, labels), logits, labels
 
     # --- steps ----------------------------------------------------------------------------------
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def train_loss(self, batch: dict) -> Tensor:
         B = batch["label"].shape[0]
         drop = torch.rand(B, device=self.device) < self.model.cond_dropout
         tok_loss, logits, labels = self.losses(batch, "train", self.correction, drop)
-        loss = (tok_loss * self.weights).sum(1).mean()
+        return (tok_loss * self.weights).sum(1).mean()
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self.train_loss(batch)
         check_finite(loss, self.global_step, {"loss": loss})
         self.log("train/loss", loss)
         self.log("loss", loss, prog_bar=True, logger=False)

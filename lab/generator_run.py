@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lab.config import to_dict
 from lab.generator import GeneratorModule
-from lab.metrics import FID, count_params, peak_memory_mb, reset_peak_memory
+from lab.metrics import FID, count_params, fid_cache_dir, peak_memory_mb, reset_peak_memory
 from lab.registry import ConfigError
-from lab.run import build_datamodule, build_trainer, log_final, make_run_dir, runs_root, save_config, seed_all, summary, write_metrics
+from lab.run import build_datamodule, build_trainer, log_final, make_run_dir, runs_root, save_config, seed_all, step_flops, summary, write_metrics
 from lab.sampling import SampleOptions, sample_images
 
 TOKENIZER_KEYS = ("data", "quantizer", "tokenizer", "loss", "tokenizer_train")
@@ -40,7 +40,10 @@ def tokenizer_config(cfg: DictConfig) -> DictConfig:
     d["optim"] = {**d["optim"], "learning_rate": tt["learning_rate"]}
     d["loader"] = {**d["loader"], "batch_size": tt["batch_size"]}
     d["eval"] = {**d["eval"], "fid_samples": 0}
-    d["name"] = f"_tokenizers/{_hash({k: d[k] for k in TOKENIZER_KEYS} | {'image_size': d['loader']['image_size']})}"
+    from lab.tokenizer import ARCH_VERSION
+
+    key = {k: d[k] for k in TOKENIZER_KEYS} | {"image_size": d["loader"]["image_size"], "arch_version": ARCH_VERSION}
+    d["name"] = f"_tokenizers/{_hash(key)}"
     return OmegaConf.create(d)
 
 
@@ -193,18 +196,25 @@ def evaluate_generator(module: GeneratorModule, dm, cfg: Any) -> dict:
         per["accuracy_free_running"] = [v / n for v in ps_fr]
         per["accuracy_gap"] = [a - b for a, b in zip(per["accuracy_teacher_forced"], per["accuracy_free_running"])]
     m["per_scale"] = per
+    if ev["label_noise"]:
+        from lab.evaluate import label_noise_sensitivity
+
+        f = module.features.get("validation")
+        if f is None:
+            f = torch.cat([module.tokenizer.encode(b["image"].to(module.device)) for b in dm.ordered_loader("validation")])
+        m["label_noise"] = label_noise_sensitivity(module.tokenizer.msq, f[:512].to(module.device), ev["label_noise"])
     if ev["fid_samples"] > 0:
-        t0 = time.time()
-        m["gfid"], m["fid_samples"] = gfid(module, dm, cfg, ev["fid_samples"])
-        m["sampling_time_s"] = time.time() - t0
+        m["gfid"], m["fid_samples"], m["sampling_time_s"] = gfid(module, dm, cfg, ev["fid_samples"])
+        m["sample_images_per_s"] = m["fid_samples"] / max(m["sampling_time_s"], 1e-9)
     return m
 
 
 @torch.no_grad()
-def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> tuple[float, int]:
-    """FID of generated images, conditioned on the validation set's labels/captions, against those images."""
-    fid = FID(device=module.device)
-    seen = 0
+def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> tuple[float, int, float]:
+    """FID of generated images, conditioned on the validation set's labels/captions, against those images.
+    -> (gFID, number of images, seconds spent generating them: sampling and decoding, not Inception)."""
+    fid = FID(device=module.device, cache_dir=fid_cache_dir())
+    seen, gen_time = 0, 0.0
     for i, batch in enumerate(dm.ordered_loader("validation")):
         if seen >= n:
             break
@@ -215,11 +225,13 @@ def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> tuple[float, int]:
             cond["labels"] = b["label"]
         elif module.model.cond_kind == "text":
             cond["text"] = module.batch_text(b, "validation")
+        t0 = time.perf_counter()
         imgs = sample_images(module.model, module.head, module.tokenizer, batch_size=take, opts=sample_opts(cfg, seed=i), **cond)
+        gen_time += time.perf_counter() - t0
         fid.update(b["image"], real=True)
         fid.update(imgs, real=False)
         seen += take
-    return float(fid.compute()), seen
+    return float(fid.compute()), seen, gen_time
 
 
 def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
@@ -245,7 +257,7 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
         metrics.update(
             params=count_params(module.model) + count_params(module.head), head_params=module.head_params(),
             steps=int(trainer.global_step), wall_time_s=time.time() - t0, train_time_s=train_time,
-            peak_memory_mb=peak_memory_mb(), tokenizer=str(tdir),
+            peak_memory_mb=peak_memory_mb(), tokenizer=str(tdir), flops_per_step=step_flops(module, dm),
         )
         write_metrics(run_dir, metrics)
         log_final(trainer, cfg, metrics)

@@ -55,12 +55,16 @@ class TokenizerModule(pl.LightningModule):
     def forward(self, x: Tensor):
         return self.tokenizer(x)
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def train_loss(self, batch: dict):
+        """(loss, reconstruction loss, LPIPS, tokenizer output) of one training batch."""
         x = batch["image"]
         out = self.tokenizer(x)
         rec = self.recon(out.x_hat, x)
         lp = self.lpips(out.x_hat, x).mean() if self.lpips_weight > 0 else rec.new_zeros(())
-        loss = rec + self.lpips_weight * lp + out.quant.loss
+        return rec + self.lpips_weight * lp + out.quant.loss, rec, lp, out
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss, rec, lp, out = self.train_loss(batch)
         check_finite(loss, self.global_step, {"recon": rec, "lpips": lp, "quant": out.quant.loss})
         log = {"train/loss": loss, "train/recon": rec, "train/lpips": lp, "train/quant": out.quant.loss}
         for key in ("per_sample_entropy", "batch_entropy", "commitment"):

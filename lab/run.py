@@ -20,7 +20,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from lab.config import ROOT, save_config, to_dict
 from lab.data import ImageDataModule
-from lab.metrics import count_params, peak_memory_mb, reset_peak_memory
+from lab.metrics import count_params, peak_memory_mb, reset_peak_memory, train_step_flops
 from lab.registry import ConfigError
 
 
@@ -146,6 +146,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
         metrics.update(
             params=count_params(module.tokenizer), steps=int(trainer.global_step),
             wall_time_s=time.time() - t0, train_time_s=train_time, peak_memory_mb=peak_memory_mb(),
+            flops_per_step=step_flops(module, dm),
         )
         write_metrics(run_dir, metrics)
         log_final(trainer, cfg, metrics)
@@ -153,6 +154,13 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
         print(summary(run_dir, metrics))
         print(format_per_scale(metrics["per_scale"]))
     return run_dir, metrics
+
+
+def step_flops(module: Any, dm: ImageDataModule) -> int:
+    """FLOPs of one training step on a training batch (after training: the run's RNG is untouched)."""
+    batch = next(iter(dm.train_dataloader()))
+    batch = {k: (v.to(module.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    return train_step_flops(module, batch)
 
 
 def save_grids(module: Any, dm: ImageDataModule, run_dir: Path, n: int) -> None:
@@ -172,7 +180,7 @@ def save_grids(module: Any, dm: ImageDataModule, run_dir: Path, n: int) -> None:
 def flat_hparams(cfg: Any, prefix: str = "") -> dict:
     out = {}
     for k, v in (to_dict(cfg) if not isinstance(cfg, dict) else cfg).items():
-        if k in ("presets", "sweep"):
+        if k in ("presets", "sweep", "seeds", "report"):
             continue
         key = f"{prefix}{k}"
         if isinstance(v, dict):

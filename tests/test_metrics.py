@@ -210,6 +210,42 @@ def test_fid_self_near_zero_and_different_sets_large():
     assert fid.compute() > 100.0
 
 
+def test_frechet_distance_matches_the_general_eigenvalue_formula():
+    from torchmetrics.image.fid import _compute_fid
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(40, 24, generator=g, dtype=torch.float64), torch.randn(30, 24, generator=g, dtype=torch.float64) * 1.5 + 0.3
+    stats = [(x.mean(0), torch.cov(x.T)) for x in (a, b)]  # rank-deficient covariances too (n < d below)
+    assert M.frechet_distance(*stats[0], *stats[1]) == pytest.approx(float(_compute_fid(*stats[0], *stats[1])), rel=1e-6)
+    small = [(x[:10].mean(0), torch.cov(x[:10].T)) for x in (a, b)]
+    assert M.frechet_distance(*small[0], *small[1]) == pytest.approx(float(_compute_fid(*small[0], *small[1])), rel=1e-4)
+    assert M.frechet_distance(*stats[0], *stats[0]) == pytest.approx(0.0, abs=1e-8)
+
+
+@pytest.mark.slow
+def test_fid_real_statistics_cache_gives_the_same_value(tmp_path):
+    real, fake = _smooth_images(12, seed=1), _smooth_images(12, seed=2)
+    plain = M.FID()
+    plain.update(real, real=True)
+    plain.update(fake, real=False)
+    expected = plain.compute()
+    values = []
+    for _ in range(2):
+        cached = M.FID(cache_dir=tmp_path)
+        cached.update(real[:5], real=True)
+        cached.update(real[5:], real=True)
+        cached.update(fake, real=False)
+        assert cached.n_real == 12
+        values.append(cached.compute())
+        assert cached.n_real == 12
+    assert values[0] == pytest.approx(expected, rel=1e-6) and values[1] == pytest.approx(expected, rel=1e-6)
+    assert cached.real_cache_hit is True and len(list(tmp_path.glob("real-*.pt"))) == 1
+    other = M.FID(cache_dir=tmp_path)  # different real images: a different cache entry, not a stale hit
+    other.update(fake, real=True)
+    other.update(fake, real=False)
+    assert other.compute() < 1.0 and other.real_cache_hit is False
+
+
 # ------------------------------------------------------------------------------------------------ code stats
 def test_codebook_stats():
     s = M.codebook_stats(torch.tensor([[0, 0], [1, 1]]), codebook_size=4)
