@@ -146,8 +146,8 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
                     layer_source: str = "the sweep") -> DictConfig:
     """Resolved, validated, read-only-structure config for experiment ``name`` (path under experiments/).
 
-    ``layer`` (nested dict, e.g. one grid point of a sweep) is merged after the experiment YAML and before the
-    preset and the command line."""
+    ``layer`` (nested dict, e.g. one grid point of a sweep) is merged after the preset and before the command
+    line: the preset sets the scale, the swept keys keep their values at every scale."""
     name = str(name).removesuffix(".yaml")
     path = EXPERIMENTS / f"{name}.yaml"
     if not path.is_file():
@@ -158,16 +158,14 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
     cli = parse_overrides(overrides)
     _check_known(base, exp, str(path.relative_to(EXPERIMENTS.parent)))
     _check_known(base, cli, "the command line")
-    cfg = merge(base, exp)
+    cfg = merge(merge(base, exp), cli)
     if layer:
         _check_known(base, layer, layer_source)
-        cfg = merge(cfg, layer)
-    cfg = merge(cfg, cli)
     preset = cfg.get("preset")
     if preset not in PRESETS:
         raise ConfigError(f"Unknown preset '{preset}'.{suggest(str(preset), list(PRESETS))}")
     # the preset's overrides, then the command line again so that it always wins
-    cfg = merge(merge(cfg, (cfg.get("presets") or {}).get(preset) or {}), cli)
+    cfg = merge(merge(merge(cfg, (cfg.get("presets") or {}).get(preset) or {}), layer or {}), cli)
     cfg["name"] = name
     if cfg.get("stage") not in STAGES:
         raise ConfigError(f"Unknown stage '{cfg.get('stage')}'.{suggest(str(cfg.get('stage')), list(STAGES))}")

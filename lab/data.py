@@ -395,6 +395,32 @@ def collate(batch):
     return {k: [b[k] for b in batch] if k == "caption" else torch.stack([b[k] for b in batch]) for k in batch[0]}
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """A fresh permutation per epoch, seeded by (seed, epoch) alone, so the data order never depends on what ran
+    before. A run resumed mid-epoch starts at the restored epoch and skips exactly the batches it had already
+    trained on (``position()`` -> (epoch, batches done), read from the restored trainer): training after a
+    restart sees the same batches, in the same order, as an uninterrupted run."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, position: Callable[[], tuple[int, int]] | None = None):
+        self.n, self.batch_size, self.seed, self.position = n, batch_size, seed, position
+        self._next_epoch: int | None = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        batches = self.n // self.batch_size
+        if self._next_epoch is None:  # the first epoch of this process: maybe a restart
+            epoch, done = self.position() if self.position is not None else (0, 0)
+            if done >= batches:  # the checkpoint was taken on the epoch's last batch
+                epoch, done = epoch + 1, 0
+        else:
+            epoch, done = self._next_epoch, 0
+        self._next_epoch = epoch + 1
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        return iter(perm[done * self.batch_size:].tolist())
+
+
 class ImageDataModule(pl.LightningDataModule):
     """Batches ``{"image": float32 (B,3,S,S) in [-1,1], "label": int64 (B,), "caption": list[str],
     "index": int64 (B,)}``. The node's ``size`` defaults to ``image_size``; other sizes are resized here."""
@@ -431,9 +457,20 @@ class ImageDataModule(pl.LightningDataModule):
         if drop and len(ds) < self.batch_size:
             warnings.warn(f"{split} has {len(ds)} rows < batch_size {self.batch_size}: keeping the short batch")
             drop = False
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop, collate_fn=collate,
-                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        sampler = None
+        if shuffle and drop:
+            sampler = EpochSampler(len(ds), self.batch_size, self.seed, position=self._trainer_position)
+        # every loader has its own generator: creating an iterator never draws from the global RNG, which
+        # the training step's randomness (prefixes, flips, dropout) owns and checkpoints
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          drop_last=drop, collate_fn=collate, generator=torch.Generator().manual_seed(self.seed),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def _trainer_position(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 0
+        return int(trainer.current_epoch), int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -18,7 +18,7 @@ from lab import optim
 from lab.correction import CORRECTIONS, BitFlip, NoCorrection, teacher_forcing
 from lab.heads import build_head
 from lab.metrics import count_params
-from lab.modules import check_finite, image_grid
+from lab.modules import CheckpointedRNG, check_finite, image_grid
 from lab.registry import ConfigError, build
 from lab.sampling import SampleOptions, sample_images, scale_token_latents
 from lab.tokenizer import Tokenizer
@@ -38,7 +38,7 @@ def scale_weights(scales: list[int], reweight: bool, device) -> Tensor:
     return w / w.sum()
 
 
-class GeneratorModule(pl.LightningModule):
+class GeneratorModule(CheckpointedRNG, pl.LightningModule):
     def __init__(self, cfg: Mapping[str, Any], tokenizer: Tokenizer, num_classes: int):
         super().__init__()
         self.cfg = dict(cfg)

@@ -27,13 +27,50 @@ def check_finite(loss: Tensor, step: int, parts: Mapping[str, Tensor]) -> None:
         )
 
 
+class CheckpointedRNG:
+    """LightningModule mixin: the global RNG states (torch, CUDA, numpy, random) go into every checkpoint and
+    are put back just before the first training batch after a restore, so a resumed run draws the same random
+    prefixes / flips / dropout as an uninterrupted one (nothing between the checkpoint and the next batch
+    draws from them: data loaders have their own generators, sampling is seeded)."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        import random
+
+        import numpy as np
+
+        checkpoint["bitlab_rng"] = {
+            "torch": torch.get_rng_state(), "random": random.getstate(),
+            # numpy's state as plain types and a tensor: checkpoints stay loadable with weights_only=True
+            "numpy": [(torch.from_numpy(v.astype(np.int64)) if isinstance(v, np.ndarray) else v) for v in np.random.get_state()],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._pending_rng = checkpoint.get("bitlab_rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        state = getattr(self, "_pending_rng", None)
+        if state is None:
+            return
+        import random
+
+        import numpy as np
+
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(tuple(v.numpy().astype(np.uint32) if torch.is_tensor(v) else v for v in state["numpy"]))
+        random.setstate(state["random"])
+        if state.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        self._pending_rng = None
+
+
 def image_grid(rows: list[Tensor], nrow: int) -> Tensor:
     """Stack image batches in [-1,1] into one (3, H, W) grid in [0,1], one batch per row."""
     imgs = torch.cat([r[:nrow] for r in rows], 0).float().clamp(-1, 1) * 0.5 + 0.5
     return torchvision.utils.make_grid(imgs, nrow=nrow, padding=1, pad_value=1.0)
 
 
-class TokenizerModule(pl.LightningModule):
+class TokenizerModule(CheckpointedRNG, pl.LightningModule):
     def __init__(self, cfg: Mapping[str, Any]):
         super().__init__()
         self.cfg = dict(cfg)

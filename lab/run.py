@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from lab.config import ROOT, save_config, to_dict
 from lab.data import ImageDataModule
@@ -64,6 +65,20 @@ def build_datamodule(cfg: Any) -> ImageDataModule:
     )
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file and renamed over the old one: a run killed while saving
+    (SIGKILL, power loss) keeps its previous checkpoint intact instead of a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options: Any = None) -> None:
+        import os
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
 def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) -> pl.Trainer:
     trainer_kw = dict(to_dict(cfg["trainer"]))
     ckpt_dir = run_dir / "checkpoints"
@@ -76,6 +91,7 @@ def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) 
         **trainer_kw,
         logger=logger,
         callbacks=[best, last, TQDMProgressBar(refresh_rate=10)] + list(extra_callbacks or []),
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
         enable_model_summary=False,
         deterministic=bool(cfg["deterministic"]) or None,

@@ -10,7 +10,7 @@ An experiment YAML with a ``sweep:`` node is a suite::
     seeds: [0, 1]
 
 The grid is the product of the axes in YAML order, times ``seeds``. Each point is one ordinary run of the
-experiment with the point merged in after the YAML (before the preset and the command line), written to
+experiment with the point merged in after the YAML and its preset (before the command line), written to
 ``runs/<NAME>/<point label>/s<seed>/``. Generator runs share their tokenizer through the tokenizer cache
 (``runs/_tokenizers/<hash of its config and data>``), so each distinct tokenizer is trained once; the
 tokenizer's seed is ``tokenizer_train.seed``, not the generator's.
