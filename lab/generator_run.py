@@ -21,7 +21,7 @@ from lab.config import to_dict
 from lab.generator import GeneratorModule
 from lab.metrics import FID, count_params, fid_cache_dir, peak_memory_mb, reset_peak_memory
 from lab.registry import ConfigError
-from lab.run import build_datamodule, build_trainer, log_final, make_run_dir, runs_root, save_config, seed_all, step_flops, summary, write_metrics
+from lab.run import build_datamodule, build_trainer, check_checkpoint_matches, log_final, make_run_dir, process_rank, runs_root, save_config, seed_all, step_flops, summary, write_metrics
 from lab.sampling import SampleOptions, sample_images
 
 TOKENIZER_KEYS = ("data", "quantizer", "tokenizer", "loss", "tokenizer_train")
@@ -77,7 +77,14 @@ def resolve_tokenizer(cfg: DictConfig):
         path = Path(cfg["tokenizer_from"])
         if not path.exists():
             raise ConfigError(f"tokenizer_from={path} does not exist. Give a tokenizer checkpoint (.ckpt) or run directory, or null to train one.")
-        return load_tokenizer(path), (path if path.is_dir() else path.parent.parent)
+        module = load_tokenizer(path)
+        theirs, ours = to_dict(module.cfg["quantizer"]), to_dict(cfg["quantizer"])
+        if theirs != ours:
+            raise ConfigError(
+                f"tokenizer_from={path} was trained with quantizer {theirs}, but this experiment says {ours}. "
+                f"Set quantizer to match (e.g. quantizer.name={theirs.get('name')}), or tokenizer_from=null to train one."
+            )
+        return module, (path if path.is_dir() else path.parent.parent)
     tcfg = tokenizer_config(cfg)
     tdir = runs_root(tcfg) / tcfg["name"] / "run"
     if not (tdir / "metrics.json").is_file():
@@ -85,7 +92,7 @@ def resolve_tokenizer(cfg: DictConfig):
 
         if (tdir / "checkpoints" / "last.ckpt").is_file():
             tcfg["resume"] = True
-        elif tdir.exists():
+        elif tdir.exists() and process_rank() == 0:  # (other ranks join rank 0's run of it)
             import shutil
 
             shutil.rmtree(tdir)  # an interrupted cache entry with no checkpoint: nothing to keep
@@ -234,7 +241,37 @@ def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> tuple[float, int, flo
     return float(fid.compute()), seen, gen_time
 
 
+def preflight(cfg: DictConfig) -> None:
+    """The checks that need no training, before any (a tokenizer may be trained first): generator size, the
+    quantizer x head x correction combination (an absurd index head is refused here), tokenizer_from matching."""
+    import inspect
+
+    from lab.correction import CORRECTIONS, BitFlip
+    from lab.heads import build_head
+    from lab.quantizers import build_quantizer
+    from lab.registry import build, suggest
+    from lab.tokenizer import Tokenizer
+    from lab.transformer import LADDER, Transformer
+
+    gen = to_dict(cfg["generator"])
+    size = gen.get("size", inspect.signature(Transformer).parameters["size"].default)
+    if size not in LADDER:
+        raise ConfigError(f"Unknown generator.size '{size}'.{suggest(str(size), list(LADDER))}")
+    width = gen.get("width") or LADDER[size][1]
+    latent = to_dict(cfg["tokenizer"]).get("latent_dim", inspect.signature(Tokenizer).parameters["latent_dim"].default)
+    q = build_quantizer(to_dict(cfg["quantizer"]), dim=latent)
+    vocab = getattr(q, "vocab_size", None) or 2**q.bits
+    build_head(to_dict(cfg["head"]), width=width, code_kind=q.code_kind, bits=q.bits, vocab_size=vocab)
+    correction = build(CORRECTIONS, to_dict(cfg["correction"]), "correction")
+    if isinstance(correction, BitFlip) and q.code_kind != "bits":
+        raise ConfigError(
+            f"correction.name=bitflip needs bit codes, but quantizer '{cfg['quantizer']['name']}' gives indices; "
+            "use correction.name=random_index (or a bit quantizer: lfq, bsq)."
+        )
+
+
 def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
+    preflight(cfg)
     seed_all(cfg)
     dm = build_datamodule(cfg)
     dm.setup("fit")
@@ -243,13 +280,16 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
     module = GeneratorModule(to_dict(cfg), tok_module.tokenizer, num_classes=dm.num_classes)
     cache_features(module, dm, tdir, cfg)
     run_dir, resuming = make_run_dir(cfg)
-    if not resuming:
+    if not resuming and process_rank() == 0:
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "tokenizer.txt").write_text(str(tdir) + "\n")
     reset_peak_memory()
     t0 = time.time()
+    ckpt = run_dir / "checkpoints" / "last.ckpt" if resuming else None
+    if ckpt:
+        check_checkpoint_matches(module, ckpt)
     trainer = build_trainer(cfg, run_dir)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(run_dir / "checkpoints" / "last.ckpt") if resuming else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
     train_time = time.time() - t0
     metrics: dict[str, Any] = {}
     if trainer.is_global_zero:

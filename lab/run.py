@@ -30,8 +30,29 @@ def runs_root(cfg: Any) -> Path:
     return root if root.is_absolute() else ROOT / root
 
 
+def process_rank() -> int:
+    """This process's rank under a multi-process launch (Lightning DDP sets LOCAL_RANK / RANK in children)."""
+    import os
+
+    for var in ("RANK", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 def make_run_dir(cfg: Any) -> tuple[Path, bool]:
-    """(run directory, resuming?). A new run never reuses an existing directory."""
+    """(run directory, resuming?). A new run never reuses an existing directory. Rank 0 decides it; the other
+    ranks of a multi-process run (launched from rank 0 by Lightning) inherit it and create nothing."""
+    import os
+
+    if process_rank() > 0 and os.environ.get("BITLAB_RUN_DIR"):
+        return Path(os.environ["BITLAB_RUN_DIR"]), bool(cfg["resume"])
+    run_dir, resuming = _make_run_dir(cfg)
+    os.environ["BITLAB_RUN_DIR"] = str(run_dir)  # for the ranks Lightning is about to launch
+    return run_dir, resuming
+
+
+def _make_run_dir(cfg: Any) -> tuple[Path, bool]:
     base = runs_root(cfg) / cfg["name"]
     if cfg["resume"]:
         if cfg["run_id"]:
@@ -54,6 +75,26 @@ def make_run_dir(cfg: Any) -> tuple[Path, bool]:
         run_dir = base / f"{run_id}-{n}"
     run_dir.mkdir(parents=True)
     return run_dir, False
+
+
+def check_checkpoint_matches(module: pl.LightningModule, ckpt: Path) -> None:
+    """Before resuming: the checkpoint's tensors must have exactly the model's names and shapes. A checkpoint
+    from another configuration is refused, naming the first differences; it is never loaded non-strictly."""
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    except Exception as e:  # noqa: BLE001 - truncated or foreign file
+        raise ConfigError(f"Cannot read the checkpoint {ckpt} ({type(e).__name__}: {e}).") from None
+    own = module.state_dict()
+    problems = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems += [f"{k}: missing from the checkpoint" for k in own if k not in state]
+    problems += [f"{k}: in the checkpoint, not in the model" for k in state if k not in own]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ConfigError(
+            f"The checkpoint {ckpt} comes from a different configuration: {'; '.join(problems[:3])}{more}. "
+            "Resume with the configuration it was trained with (its config.yaml), or start a new run."
+        )
 
 
 def build_datamodule(cfg: Any) -> ImageDataModule:
@@ -142,12 +183,14 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     dm.setup("fit")  # data problems surface before a run directory exists
     module = TokenizerModule(to_dict(cfg))
     run_dir, resuming = make_run_dir(cfg)
-    if not resuming:
+    if not resuming and process_rank() == 0:
         save_config(cfg, run_dir / "config.yaml")
     reset_peak_memory()
     t0 = time.time()
-    trainer = build_trainer(cfg, run_dir)
     ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resuming else None
+    if ckpt:
+        check_checkpoint_matches(module, Path(ckpt))
+    trainer = build_trainer(cfg, run_dir)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)

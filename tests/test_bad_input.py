@@ -1,0 +1,91 @@
+"""Bad input: each case is one paragraph on stderr, a non-zero exit, no traceback, nothing overwritten."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lab.config import load_experiment
+from lab.modules import NonFiniteLossError, TokenizerModule
+from lab.run import run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, runs: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lab", "run", *args, f"runs_dir={runs}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _assert_clear_error(r: subprocess.CompletedProcess, *expected: str) -> None:
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    msg = r.stderr.strip().splitlines()
+    assert len(msg) == 1 and msg[0].startswith("error: "), r.stderr[-2000:]
+    for e in expected:
+        assert e in msg[0], (e, msg[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, expected", [
+    (["generator/c2i_fashion", "head.name=softmax"], ["Unknown head 'softmax'", "bitwise", "index"]),
+    (["generator/c2i_fashion", "correction.name=flip"], ["Unknown correction 'flip'", "bitflip"]),
+    (["generator/c2i_fashion", "generator.size=xxl"], ["Unknown generator.size 'xxl'"]),
+    (["generator/c2i_fashion", "quantizer.bits=32", "head.name=index", "correction.name=none"],
+     ["index head", "2^32", "parameters", "bitwise head needs"]),
+    (["generator/c2i_fashion", "quantizer={name: vq}", "correction.name=bitflip"], ["needs bit codes", "random_index"]),
+    (["generator/c2i_fashion", "tokenizer_from=/no/such/tokenizer"], ["does not exist"]),
+    (["quickstart", "data={name: imagefolder, path: /no/such/folder}"], ["/no/such/folder"]),
+])
+def test_bad_input_is_refused_before_anything_is_written(args, expected, tmp_path):
+    runs = tmp_path / "runs"
+    r = _cli(*args, "preset=smoke", runs=runs)
+    _assert_clear_error(r, *expected)
+    assert not runs.exists() or not any(runs.rglob("config.yaml"))
+
+
+@pytest.mark.slow
+def test_tokenizer_from_a_folder_without_checkpoint(tmp_path):
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    _assert_clear_error(_cli("generator/c2i_fashion", "preset=smoke", f"tokenizer_from={empty}", runs=tmp_path / "runs"),
+                        "no checkpoint there")
+
+
+@pytest.mark.slow
+def test_checkpoint_from_another_configuration_is_refused_and_nothing_is_overwritten(tmp_path):
+    runs = tmp_path / "runs"
+    run_dir, _ = run_experiment(load_experiment("quickstart", ["preset=smoke", f"runs_dir={runs}", "run_id=a"]))
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    r = _cli("quickstart", "preset=smoke", "run_id=a", "resume=true", "tokenizer.latent_dim=8", runs=runs)
+    _assert_clear_error(r, "different configuration", "checkpoint (", "vs model (", "config.yaml")
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
+
+    # a tokenizer checkpoint used by a generator that asks for another quantizer
+    r = _cli("generator/c2i_fashion", "preset=smoke", f"tokenizer_from={run_dir}", "quantizer.bits=12", runs=runs)
+    _assert_clear_error(r, "was trained with quantizer", "'bits': 16")
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real = TokenizerModule.train_loss
+
+    def poisoned(self, batch):
+        loss, rec, lp, out = real(self, batch)
+        if self.global_step >= 3:
+            loss = loss * float("nan")
+        return loss, rec, lp, out
+
+    monkeypatch.setattr(TokenizerModule, "train_loss", poisoned)
+    cfg = load_experiment("quickstart", ["preset=smoke", f"runs_dir={tmp_path / 'runs'}", "run_id=nan",
+                                         "trainer.max_steps=8"])
+    with pytest.raises(NonFiniteLossError, match=r"Non-finite loss \(nan\) at step 3.*last good checkpoint"):
+        run_experiment(cfg)
+    run_dir = tmp_path / "runs" / "quickstart" / "nan"
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2  # saved every 2 steps at smoke scale; step 3 never got there
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert not (run_dir / "metrics.json").exists() and (run_dir / "config.yaml").is_file()
