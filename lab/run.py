@@ -120,6 +120,37 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
+class StepTimer(pl.Callback):
+    """Wall time of each training batch (forward, backward, optimiser; validation and checkpoints excluded),
+    synchronised with the GPU when there is one: the throughput figure of metrics.json."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._t0 = 0.0
+
+    def _sync(self, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._sync(pl_module)
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._sync(pl_module)
+        self.times.append(time.perf_counter() - self._t0)
+
+    def summary(self, batch_size: int, world_size: int = 1) -> dict:
+        """Median step time after the first 10% of steps (warm-up), and images/s over every process."""
+        t = sorted(self.times[len(self.times) // 10:]) or [float("nan")]
+        med = t[len(t) // 2]
+        return {"train_step_ms": 1e3 * med, "train_images_per_s": batch_size * world_size / med}
+
+
+def timer_of(trainer: pl.Trainer) -> StepTimer | None:
+    return next((c for c in trainer.callbacks if isinstance(c, StepTimer)), None)
+
+
 def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) -> pl.Trainer:
     trainer_kw = dict(to_dict(cfg["trainer"]))
     ckpt_dir = run_dir / "checkpoints"
@@ -131,7 +162,7 @@ def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) 
     return pl.Trainer(
         **trainer_kw,
         logger=logger,
-        callbacks=[best, last, TQDMProgressBar(refresh_rate=10)] + list(extra_callbacks or []),
+        callbacks=[best, last, TQDMProgressBar(refresh_rate=10), StepTimer()] + list(extra_callbacks or []),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
         enable_model_summary=False,
@@ -182,6 +213,8 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     dm = build_datamodule(cfg)
     dm.setup("fit")  # data problems surface before a run directory exists
     module = TokenizerModule(to_dict(cfg))
+    if cfg["compile"]:
+        module.tokenizer.compile()  # in place: parameter names (and checkpoints) are unchanged
     run_dir, resuming = make_run_dir(cfg)
     if not resuming and process_rank() == 0:
         save_config(cfg, run_dir / "config.yaml")
@@ -206,6 +239,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
             params=count_params(module.tokenizer), steps=int(trainer.global_step),
             wall_time_s=time.time() - t0, train_time_s=train_time, peak_memory_mb=peak_memory_mb(),
             flops_per_step=step_flops(module, dm),
+            **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
         )
         write_metrics(run_dir, metrics)
         log_final(trainer, cfg, metrics)
