@@ -21,7 +21,7 @@ from lab.config import to_dict
 from lab.generator import GeneratorModule
 from lab.metrics import FID, count_params, fid_cache_dir, peak_memory_mb, reset_peak_memory
 from lab.registry import ConfigError
-from lab.run import build_datamodule, build_trainer, timer_of, check_checkpoint_matches, log_final, make_run_dir, process_rank, runs_root, save_config, seed_all, step_flops, summary, write_metrics
+from lab.run import build_datamodule, build_trainer, eval_device, timer_of, check_checkpoint_matches, log_final, make_run_dir, process_rank, runs_root, save_config, seed_all, step_flops, summary, write_metrics
 from lab.sampling import SampleOptions, sample_images
 
 TOKENIZER_KEYS = ("data", "quantizer", "tokenizer", "loss", "tokenizer_train")
@@ -113,9 +113,12 @@ def cache_features(module: GeneratorModule, dm, tdir: Path, cfg: DictConfig) -> 
     else:
         feats = {}
         tok = module.tokenizer.eval()
+        device, was = eval_device(cfg), next(tok.parameters()).device
+        tok.to(device)
         for split in ("train", "validation"):
-            chunks = [tok.encode(b["image"]) for b in dm.ordered_loader(split)]
+            chunks = [tok.encode(b["image"].to(device)).cpu() for b in dm.ordered_loader(split)]
             feats[split] = torch.cat(chunks).contiguous()
+        tok.to(was)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save(feats, tmp)
@@ -295,6 +298,7 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
     train_time = time.time() - t0
     metrics: dict[str, Any] = {}
     if trainer.is_global_zero:
+        module.to(eval_device(cfg))
         metrics = evaluate_generator(module, dm, cfg)
         metrics.update(
             params=count_params(module.model) + count_params(module.head), head_params=module.head_params(),

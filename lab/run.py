@@ -231,6 +231,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     metrics: dict[str, Any] = {}
     if trainer.is_global_zero:
         ev = cfg["eval"]
+        module.to(eval_device(cfg))
         metrics = evaluate_tokenizer(
             module.tokenizer, dm.val_dataloader(), batches=ev["batches"], fid_samples=ev["fid_samples"],
             lpips=module.lpips, device=module.device,
@@ -247,6 +248,15 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
         print(summary(run_dir, metrics))
         print(format_per_scale(metrics["per_scale"]))
     return run_dir, metrics
+
+
+def eval_device(cfg: Any) -> torch.device:
+    """Where the work outside trainer.fit runs (feature caching, final evaluation, grids): the accelerator the
+    trainer uses when it is a GPU (Lightning hands the model back on the CPU after fit), else the CPU."""
+    acc = str(cfg["trainer"].get("accelerator", "cpu"))
+    if acc in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def step_flops(module: Any, dm: ImageDataModule) -> int:
