@@ -262,8 +262,10 @@ def eval_device(cfg: Any) -> torch.device:
 def step_flops(module: Any, dm: ImageDataModule) -> int:
     """FLOPs of one training step on a training batch (after training: the run's RNG is untouched)."""
     batch = next(iter(dm.train_dataloader()))
-    batch = {k: (v.to(module.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    return train_step_flops(module, batch)
+    B = len(batch["image"])
+    b = min(B, 4)  # FLOPs are linear in the batch: count a slice (a full 256-px batch in fp32 may not fit)
+    batch = {k: (v[:b].to(module.device) if torch.is_tensor(v) else v[:b]) for k, v in batch.items()}
+    return int(train_step_flops(module, batch) * B / b)
 
 
 def save_grids(module: Any, dm: ImageDataModule, run_dir: Path, n: int) -> None:
