@@ -1,7 +1,6 @@
 """Config loading: every experiment resolves; every kind of bad input gets one clear paragraph."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,15 +75,6 @@ def test_bad_override_syntax():
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="Unknown preset 'tiny'.*smoke"):
         load_experiment("quickstart", ["preset=tiny"])
-
-
-@pytest.fixture
-def tmp_experiments(tmp_path, monkeypatch):
-    d = tmp_path / "experiments"
-    d.mkdir()
-    shutil.copy(ROOT / "experiments" / "base.yaml", d / "base.yaml")
-    monkeypatch.setattr(config, "EXPERIMENTS", d)
-    return d
 
 
 def test_malformed_yaml_gives_line_number(tmp_experiments):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 
 import pytest
 
@@ -45,15 +44,6 @@ def test_cases_change_keys_together_and_cross_with_other_axes():
 def test_bad_sweeps_are_clear_errors(sweep, message):
     with pytest.raises(ConfigError, match=message):
         expand(sweep)
-
-
-@pytest.fixture
-def tmp_experiments(tmp_path, monkeypatch):
-    d = tmp_path / "experiments"
-    d.mkdir()
-    shutil.copy(ROOT / "experiments" / "base.yaml", d / "base.yaml")
-    monkeypatch.setattr(config, "EXPERIMENTS", d)
-    return d
 
 
 def test_every_point_is_validated_before_anything_trains(tmp_experiments, tmp_path):
