@@ -191,6 +191,8 @@ def run_sweep(name: str, overrides: Sequence[str] = ()) -> Path:
         "runs": [{"point": j.point.label, "values": j.point.values, "seed": j.seed,
                   "run_dir": str(j.run_dir.relative_to(sweep_dir))} for j in jobs],
     }
+    if (sweep_dir / "sweep.json").is_file():  # keep the record of earlier invocations
+        manifest["invocations"] = json.loads((sweep_dir / "sweep.json").read_text()).get("invocations", [])
     (sweep_dir / "sweep.json").write_text(json.dumps(manifest, indent=2, default=str))
     todo = [j for j in jobs if not (j.run_dir / "metrics.json").is_file() and not (j.run_dir / FAILED).is_file()]
     failed = [j for j in jobs if (j.run_dir / FAILED).is_file()]
@@ -228,6 +230,11 @@ def run_sweep(name: str, overrides: Sequence[str] = ()) -> Path:
             continue
         done_times.append(time.time() - t0)
     print(f"[sweep {suite['name']}] all {len(jobs)} runs finished in {_fmt_time(time.time() - t_start)}")
+    manifest.setdefault("invocations", [])
+    old = json.loads((sweep_dir / "sweep.json").read_text()).get("invocations", [])
+    manifest["invocations"] = old + [{"started": datetime.fromtimestamp(t_start).isoformat(timespec="seconds"),
+                                      "wall_s": round(time.time() - t_start, 1), "runs_trained": len(done_times)}]
+    (sweep_dir / "sweep.json").write_text(json.dumps(manifest, indent=2, default=str))
     write_report(name, overrides, out=sweep_dir)
     return sweep_dir
 
@@ -395,7 +402,10 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
         f"(`make experiment NAME={suite['name']}`{' ' + ' '.join(overrides) if overrides else ''}). Preset `{suite['preset']}`.",
         "",
         f"Runs: {len(done)} of {len(rows)} finished; summed run wall time {_fmt_time(wall)} "
-        f"(the tokenizers trained for them are not included); machine: {machine()}.",
+        f"(the tokenizers trained for them are not included)"
+        + (f"; the sweep command's wall time, tokenizers included: {_fmt_time(sum(i['wall_s'] for i in manifest['invocations']))}"
+           f" over {len(manifest['invocations'])} invocation(s)" if manifest.get("invocations") else "")
+        + f"; machine: {machine()}.",
         "",
         "Mean ± sample std over seeds:",
         "",
