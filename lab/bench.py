@@ -441,10 +441,15 @@ def bench_training(s: Settings) -> list[dict]:
         loader = dm.train_dataloader()
         t_min = _minimal_loop(module, loader, steps, warmup)
         t_pl = _lightning_loop(cfg, module, dm, steps, warmup)
-        it = iter(dm.train_dataloader())
+        loader = dm.train_dataloader()
+        it = iter(loader)
         t0 = time.perf_counter()
         for _ in range(steps):
-            next(it)
+            try:
+                next(it)
+            except StopIteration:  # an epoch ended (or the sampler resumed mid-epoch after the Trainer ran)
+                it = iter(loader)
+                next(it)
         t_data = (time.perf_counter() - t0) / steps
         base = dict(stage=stage, size=size or "-", batch=B)
         for loop, t in (("minimal", t_min), ("lightning", t_pl)):
