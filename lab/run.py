@@ -25,6 +25,10 @@ from lab.metrics import count_params, peak_memory_mb, reset_peak_memory, train_s
 from lab.registry import ConfigError
 
 
+# Our EpochSampler (lab/data.py) resumes mid-epoch exactly, which Lightning cannot see: silence its warning.
+warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch ended.*")
+
+
 def runs_root(cfg: Any) -> Path:
     root = Path(cfg["runs_dir"])
     return root if root.is_absolute() else ROOT / root
