@@ -3,6 +3,7 @@ and every ablation suite at smoke scale."""
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 import json
 
 import pytest
@@ -168,3 +169,32 @@ def test_notebooks_execute_against_a_smoke_sweep(notebook, smoke_sweep, tmp_path
         assert "2 run(s)" in text and "gfid" in text
     else:
         assert "order" in text and "gfid" in text
+
+
+def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_experiments, tmp_path, monkeypatch):
+    """Out of memory / a diverging loss belong to the grid point: recorded in results.csv, skipped on re-runs.
+    (run_experiment is replaced by a stub: this checks the runner's bookkeeping, not training.)"""
+    from lab.modules import NonFiniteLossError
+
+    (tmp_experiments / "fails.yaml").write_text("stage: generator\nsweep:\n  optim.learning_rate: [0.001, 1000.0]\n")
+    calls = []
+
+    def fake_run(cfg):
+        calls.append(cfg["optim"]["learning_rate"])
+        if cfg["optim"]["learning_rate"] > 1:
+            raise NonFiniteLossError("Non-finite loss (nan) at step 3")
+        run_dir = Path(cfg["runs_dir"]) / cfg["name"] / cfg["run_id"]
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text(json.dumps({"val_loss": 0.5, "gfid": 100.0}))
+        return run_dir, {}
+
+    monkeypatch.setattr(run_mod, "run_experiment", fake_run)
+    args = ["preset=smoke", f"runs_dir={tmp_path / 'runs'}"]
+    sweep_dir = run_sweep("fails", args)
+    rows = {r["optim.learning_rate"]: r for r in csv.DictReader(open(sweep_dir / "results.csv"))}
+    assert rows["0.001"]["status"] == "done" and rows["1000.0"]["status"] == "non_finite_loss"
+    assert "Non-finite" in rows["1000.0"]["error"]
+    assert "non finite loss" in (sweep_dir / "results.md").read_text()
+    calls.clear()
+    run_sweep("fails", args)
+    assert calls == []  # neither the finished nor the failed point runs again
