@@ -1,0 +1,138 @@
+"""``make bench`` part ``training``: both stages' training loops at cpu scale, the Lightning Trainer against a
+minimal hand-written loop, cached encoder features against encoding every step, data loading, torch.compile."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from lab.bench import Settings, _progress, _quiet_stderr, _ratio
+
+
+def _stage_module(stage: str, size: str, quick: bool):
+    """(config, module, datamodule) of a cpu-scale run of ``stage`` on emoji32 (1,024 images), untrained."""
+    from lab.config import load_experiment, to_dict
+    from lab.generator import GeneratorModule
+    from lab.modules import TokenizerModule
+    from lab.run import build_datamodule
+
+    limit = 256 if quick else 1024
+    if stage == "tokenizer":
+        cfg = load_experiment("quickstart", [f"data.limit={limit}"] + (["loader.batch_size=16"] if quick else []))
+        module = TokenizerModule(to_dict(cfg))
+    else:
+        cfg = load_experiment("generator/c2i_fashion", ["data={name: emoji32, limit: %d}" % limit, f"generator.size={size}"]
+                              + (["loader.batch_size=8"] if quick else []))
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    if stage != "tokenizer":
+        tok = TokenizerModule(to_dict(cfg)).tokenizer.eval()
+        module = GeneratorModule(to_dict(cfg), tok, num_classes=dm.num_classes)
+        with torch.no_grad():
+            module.features = {"train": torch.cat([tok.encode(b["image"]) for b in dm.ordered_loader("train")])}
+    return cfg, module, dm
+
+
+def _minimal_loop(module, loader, steps: int, warmup: int) -> float:
+    """Seconds per step of a hand-written loop: the same loss code, AdamW, gradient clipping, no framework."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95))
+    module.train()
+    it = iter(loader)
+    t0 = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            batch = next(it)
+        loss = module.train_loss(batch)
+        loss = loss[0] if isinstance(loss, tuple) else loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    return (time.perf_counter() - t0) / steps
+
+
+def _lightning_loop(cfg, module, dm, steps: int, warmup: int) -> float:
+    """Seconds per step of the real Trainer (build_trainer: TensorBoard logging, checkpoint callbacks,
+    progress bar), validation off, timed from the first step after the warm-up to the last."""
+    import tempfile
+    from pathlib import Path
+
+    import pytorch_lightning as pl
+    from omegaconf import OmegaConf, open_dict
+
+    from lab.run import build_trainer
+
+    marks: dict[str, float] = {}
+
+    class Clock(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == warmup:
+                marks["start"] = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            marks["end"] = time.perf_counter()
+
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    with open_dict(cfg):
+        cfg["trainer"].update(max_steps=warmup + steps, limit_val_batches=0, val_check_interval=None,
+                              check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    with tempfile.TemporaryDirectory() as tmp, _quiet_stderr():
+        trainer = build_trainer(cfg, Path(tmp), extra_callbacks=[Clock()])
+        trainer.fit(module, datamodule=dm)
+    return (marks["end"] - marks["start"]) / steps
+
+
+def bench_training(s: Settings) -> list[dict]:
+    """Training throughput of both stages at cpu scale, and what the framework and the caches cost: the
+    Lightning Trainer vs a minimal hand-written loop on the same module and batches; the generator with
+    cached encoder features vs encoding the images every step; data loading alone."""
+    steps, warmup = (3, 1) if s.quick else (25, 3)
+    rows = []
+    cases = [("tokenizer", "")] + [("generator", size) for size in (("xs",) if s.quick else ("xs", "s"))]
+    for stage, size in cases:
+        _progress(f"training: {stage} {size}")
+        torch.manual_seed(0)
+        cfg, module, dm = _stage_module(stage, size, s.quick)
+        B = cfg["loader"]["batch_size"]
+        tokens = module.model.L if stage == "generator" else None
+        loader = dm.train_dataloader()
+        t_min = _minimal_loop(module, loader, steps, warmup)
+        t_pl = _lightning_loop(cfg, module, dm, steps, warmup)
+        loader = dm.train_dataloader()
+        it = iter(loader)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            try:
+                next(it)
+            except StopIteration:  # an epoch ended (or the sampler resumed mid-epoch after the Trainer ran)
+                it = iter(loader)
+                next(it)
+        t_data = (time.perf_counter() - t0) / steps
+        base = dict(stage=stage, size=size or "-", batch=B)
+        for loop, t in (("minimal", t_min), ("lightning", t_pl)):
+            rows.append(dict(base, loop=loop, ms_per_step=1e3 * t, images_per_s=B / t,
+                             tokens_per_s=B * tokens / t if tokens else None,
+                             vs_minimal=_ratio(t, t_min) if loop == "lightning" else None,
+                             data_pct=100 * t_data / t))
+        if stage == "generator":
+            features = module.features
+            module.features = {}  # encode every batch's images with the frozen tokenizer instead
+            t_enc = _minimal_loop(module, loader, steps, warmup)
+            module.features = features
+            rows.append(dict(base, loop="minimal, no feature cache", ms_per_step=1e3 * t_enc, images_per_s=B / t_enc,
+                             tokens_per_s=B * tokens / t_enc, cache_speedup=_ratio(t_enc, t_min)))
+            if not s.quick:
+                try:
+                    module.model.compile()
+                    t_c = _minimal_loop(module, loader, steps, warmup + 2)
+                    rows.append(dict(base, loop="minimal, torch.compile", ms_per_step=1e3 * t_c, images_per_s=B / t_c,
+                                     tokens_per_s=B * tokens / t_c, compile_speedup=_ratio(t_min, t_c)))
+                except Exception as e:  # noqa: BLE001 - recorded, not fatal (e.g. no C++ compiler)
+                    rows.append(dict(base, loop="minimal, torch.compile", status=f"failed: {type(e).__name__}"))
+    return rows
