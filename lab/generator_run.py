@@ -21,7 +21,7 @@ from lab.config import to_dict
 from lab.generator import GeneratorModule
 from lab.metrics import FID, count_params, fid_cache_dir, peak_memory_mb, reset_peak_memory
 from lab.registry import ConfigError
-from lab.run import build_datamodule, build_trainer, eval_device, timer_of, check_checkpoint_matches, log_final, make_run_dir, process_rank, runs_root, save_config, seed_all, step_flops, summary, write_metrics
+from lab.run import atomic_torch_save, build_datamodule, build_trainer, eval_device, timer_of, check_checkpoint_matches, log_final, make_run_dir, process_rank, runs_root, save_config, seed_all, step_flops, summary, write_metrics
 from lab.sampling import SampleOptions, sample_images
 
 TOKENIZER_KEYS = ("data", "quantizer", "tokenizer", "loss", "tokenizer_train")
@@ -119,10 +119,7 @@ def cache_features(module: GeneratorModule, dm, tdir: Path, cfg: DictConfig) -> 
             chunks = [tok.encode(b["image"].to(device)).cpu() for b in dm.ordered_loader(split)]
             feats[split] = torch.cat(chunks).contiguous()
         tok.to(was)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(feats, tmp)
-        tmp.replace(path)
+        atomic_torch_save(feats, path)
     module.features = feats
     if module.model.cond_kind == "text":
         module.text = cache_text(dm, cfg, key)
@@ -135,10 +132,7 @@ def cache_text(dm, cfg: DictConfig, key: str) -> dict:
     if path.is_file():
         return torch.load(path, map_location="cpu")
     out = {split: encode_text(dm.captions(split)) for split in ("train", "validation")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(out, tmp)
-    tmp.replace(path)
+    atomic_torch_save(out, path)
     return out
 
 

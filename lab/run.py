@@ -49,6 +49,15 @@ def make_run_dir(cfg: Any) -> tuple[Path, bool]:
     ranks of a multi-process run (launched from rank 0 by Lightning) inherit it and create nothing."""
     import os
 
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # a later stage of a multi-process run (the group outlives the first stage's Trainer): ask rank 0
+        box = [_make_run_dir(cfg) if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        run_dir, resuming = box[0]
+        os.environ["BITLAB_RUN_DIR"] = str(run_dir)
+        return run_dir, resuming
     if process_rank() > 0 and os.environ.get("BITLAB_RUN_DIR"):
         return Path(os.environ["BITLAB_RUN_DIR"]), bool(cfg["resume"])
     run_dir, resuming = _make_run_dir(cfg)
@@ -108,6 +117,18 @@ def build_datamodule(cfg: Any) -> ImageDataModule:
         data, batch_size=loader["batch_size"], num_workers=loader["num_workers"],
         image_size=loader["image_size"], seed=cfg["seed"],
     )
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to a file named for this process, then rename over ``path``: readers never see a partial file,
+    and ranks of a multi-process run that write the same cache entry do not trip over each other's temp file."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -175,7 +196,9 @@ def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) 
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:
-    tmp = run_dir / "metrics.json.tmp"
+    import os
+
+    tmp = run_dir / f".metrics.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps(metrics, indent=2, default=float))
     tmp.replace(run_dir / "metrics.json")
 
