@@ -138,3 +138,22 @@ def test_multiscale_scale_k_sees_only_coarser_residuals():
         assert torch.equal(codes, out.codes[k])
         f_hat = f_hat + add
     torch.testing.assert_close(f_hat, out.f_hat)
+
+
+@pytest.mark.parametrize("key", ["vq", "vq_cos_kmeans", "vq_euclid"])
+def test_vq_fast_inference_lookup_equals_the_library(key):
+    """Eval mode uses our matmul+argmax lookup; it must pick the library's codes and latents exactly."""
+    torch.manual_seed(0)
+    q = build_quantizer(SMALL[key], dim=12)
+    q.train()
+    for _ in range(3):
+        q(torch.randn(16, 12, 4, 4))  # k-means init and EMA updates move the codebook
+    q.eval()
+    z = torch.randn(8, 12, 5, 5) * 2
+    ours = q(z)
+    with torch.no_grad():
+        z_q, index, loss = q.vq(z)
+    assert torch.equal(ours.codes, index)
+    torch.testing.assert_close(ours.z_q, z_q)
+    assert float(ours.loss) == float(loss.sum()) == 0.0
+    assert torch.equal(q._nearest(z, rows=7).codes, index)  # chunking changes nothing
