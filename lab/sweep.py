@@ -233,7 +233,8 @@ def run_sweep(name: str, overrides: Sequence[str] = ()) -> Path:
     manifest.setdefault("invocations", [])
     old = json.loads((sweep_dir / "sweep.json").read_text()).get("invocations", [])
     manifest["invocations"] = old + [{"started": datetime.fromtimestamp(t_start).isoformat(timespec="seconds"),
-                                      "wall_s": round(time.time() - t_start, 1), "runs_trained": len(done_times)}]
+                                      "wall_s": round(time.time() - t_start, 1), "runs_trained": len(done_times),
+                                      "machine": machine()}]
     (sweep_dir / "sweep.json").write_text(json.dumps(manifest, indent=2, default=str))
     write_report(name, overrides, out=sweep_dir)
     return sweep_dir
@@ -407,7 +408,7 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
         f"(the tokenizers trained for them are not included)"
         + (f"; the sweep command's wall time, tokenizers included: {_fmt_time(sum(i['wall_s'] for i in manifest['invocations']))}"
            f" over {len(manifest['invocations'])} invocation(s)" if manifest.get("invocations") else "")
-        + f"; machine: {machine()}.",
+        + f"; machine: {'; '.join(dict.fromkeys(i['machine'] for i in manifest.get('invocations', []) if 'machine' in i)) or machine()}.",
         "",
         "Mean ± sample std over seeds:",
         "",
@@ -437,7 +438,8 @@ def machine() -> str:
     gpu = ""
     if torch.cuda.is_available():
         gpu = f", {torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
-    return f"{os.cpu_count()} CPU cores ({cpu}){gpu}, torch {torch.__version__}, Python {sys.version.split()[0]}"
+    return (f"{os.cpu_count()} CPU cores ({cpu}){gpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+            f"Python {sys.version.split()[0]}")
 
 
 def _header_comment(name: str) -> list[str]:
