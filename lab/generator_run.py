@@ -21,7 +21,7 @@ from lab.config import to_dict
 from lab.generator import GeneratorModule
 from lab.metrics import FID, count_params, fid_cache_dir, peak_memory_mb, reset_peak_memory
 from lab.registry import ConfigError
-from lab.run import atomic_torch_save, build_datamodule, build_trainer, eval_device, timer_of, check_checkpoint_matches, log_final, make_run_dir, process_rank, runs_root, save_config, seed_all, step_flops, summary, write_metrics
+from lab.run import atomic_torch_save, build_datamodule, build_trainer, cpu_load, eval_device, timer_of, check_checkpoint_matches, log_final, make_run_dir, process_rank, runs_root, save_config, seed_all, step_flops, summary, write_metrics
 from lab.sampling import SampleOptions, sample_images
 
 TOKENIZER_KEYS = ("data", "quantizer", "tokenizer", "loss", "tokenizer_train")
@@ -297,7 +297,7 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
         metrics.update(
             params=count_params(module.model) + count_params(module.head), head_params=module.head_params(),
             steps=int(trainer.global_step), wall_time_s=time.time() - t0, train_time_s=train_time,
-            peak_memory_mb=peak_memory_mb(), tokenizer=str(tdir), flops_per_step=step_flops(module, dm),
+            peak_memory_mb=peak_memory_mb(), cpu_load=cpu_load(), tokenizer=str(tdir), flops_per_step=step_flops(module, dm),
             **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
         )
         write_metrics(run_dir, metrics)

@@ -176,8 +176,32 @@ def timer_of(trainer: pl.Trainer) -> StepTimer | None:
     return next((c for c in trainer.callbacks if isinstance(c, StepTimer)), None)
 
 
+def cpu_load() -> float:
+    """1-minute load average divided by the core count (this run's own threads included): ~1 or more means
+    the cores were busy, and a training job sharing them with another torch job can run several times slower."""
+    import os
+
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        return float("nan")
+
+
+def warn_if_cpu_busy(trainer_kw: dict) -> None:
+    import os
+
+    if trainer_kw.get("accelerator", "cpu") != "cpu" or not hasattr(os, "getloadavg"):
+        return
+    busy = os.getloadavg()[0]
+    if busy > 0.75 * (os.cpu_count() or 1):
+        print(f"note: the CPU is already busy (1-minute load {busy:.1f} on {os.cpu_count()} cores). Two torch jobs "
+              "that each use every core slow each other down several-fold; run one at a time, or give each "
+              "OMP_NUM_THREADS=1. Timings of this run will not be comparable to an idle machine's.", flush=True)
+
+
 def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) -> pl.Trainer:
     trainer_kw = dict(to_dict(cfg["trainer"]))
+    warn_if_cpu_busy(trainer_kw)
     ckpt_dir = run_dir / "checkpoints"
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                            auto_insert_metric_name=False)
@@ -265,7 +289,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
         )
         metrics.update(
             params=count_params(module.tokenizer), steps=int(trainer.global_step),
-            wall_time_s=time.time() - t0, train_time_s=train_time, peak_memory_mb=peak_memory_mb(),
+            wall_time_s=time.time() - t0, train_time_s=train_time, peak_memory_mb=peak_memory_mb(), cpu_load=cpu_load(),
             flops_per_step=step_flops(module, dm),
             **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
         )
