@@ -408,7 +408,7 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
         f"(the tokenizers trained for them are not included)"
         + (f"; the sweep command's wall time, tokenizers included: {_fmt_time(sum(i['wall_s'] for i in manifest['invocations']))}"
            f" over {len(manifest['invocations'])} invocation(s)" if manifest.get("invocations") else "")
-        + f"; machine: {'; '.join(dict.fromkeys(i['machine'] for i in manifest.get('invocations', []) if 'machine' in i)) or machine()}.",
+        + f"; machine: {_machines(manifest)}.",
         "",
         "Mean ± sample std over seeds:",
         "",
@@ -422,6 +422,16 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
     (out / ("results.md" if out == sweep_dir else "report.md")).write_text("\n".join(md))
     print(f"[sweep {suite['name']}] results: {out / 'results.csv'}, {out / ('results.md' if out == sweep_dir else 'report.md')}, {len(plots)} plots")
     return out
+
+
+def _machines(manifest: dict) -> str:
+    """The machines the sweep's invocations recorded (a report may be rebuilt elsewhere), else this one."""
+    invocations = manifest.get("invocations", [])
+    seen = list(dict.fromkeys(i["machine"] for i in invocations if "machine" in i))
+    if not seen:
+        return machine()
+    missing = sum("machine" not in i for i in invocations)
+    return "; ".join(seen) + (f" ({missing} earlier invocation(s) did not record theirs)" if missing else "")
 
 
 def machine() -> str:
@@ -438,7 +448,7 @@ def machine() -> str:
     gpu = ""
     if torch.cuda.is_available():
         gpu = f", {torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
-    return (f"{os.cpu_count()} CPU cores ({cpu}){gpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+    return (f"{os.cpu_count()} CPU cores ({cpu}){gpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
             f"Python {sys.version.split()[0]}")
 
 
