@@ -25,7 +25,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from lab.sweep import write_report
+    from lab.sweep_report import write_report
 
     write_report(args.name, args.overrides, out=args.out)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from lab.registry import ConfigError
-from lab.sweep import _num, _slug, mean_std
+from lab.sweep import _slug
+from lab.sweep_report import _num, mean_std
 
 if TYPE_CHECKING:
     from lab.sweep import Job

@@ -12,7 +12,8 @@ from lab import config
 from lab import run as run_mod
 from lab.config import ROOT, available_experiments
 from lab.registry import ConfigError
-from lab.sweep import FIXED_COLUMNS, expand, plan, run_sweep, write_report
+from lab.sweep import FIXED_COLUMNS, expand, plan, run_sweep
+from lab.sweep_report import write_report
 
 SUITES = [n for n in available_experiments() if n.startswith("ablations/")]
 
@@ -198,3 +199,40 @@ def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_experiments, tmp_
     calls.clear()
     run_sweep("fails", args)
     assert calls == []  # neither the finished nor the failed point runs again
+
+
+def test_concurrent_invocations_share_the_work(tmp_experiments, tmp_path, monkeypatch):
+    """A run claimed by a live process is left to it; a claim whose process died is taken over; claims are
+    released after each run. (run_experiment is a stub: this checks the runner's bookkeeping.)"""
+    import subprocess
+    import sys
+
+    (tmp_experiments / "shared.yaml").write_text("stage: generator\nsweep:\n  optim.learning_rate: [0.001, 0.002, 0.003]\n")
+    calls = []
+
+    def fake_run(cfg):
+        calls.append(cfg["optim"]["learning_rate"])
+        run_dir = Path(cfg["runs_dir"]) / cfg["name"] / cfg["run_id"]
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text(json.dumps({"val_loss": 0.5}))
+        return run_dir, {}
+
+    monkeypatch.setattr(run_mod, "run_experiment", fake_run)
+    args = ["preset=smoke", f"runs_dir={tmp_path / 'runs'}"]
+    base = tmp_path / "runs" / "shared"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        for point, pid in (("learning-rate-0.001", live.pid), ("learning-rate-0.002", dead.pid)):
+            (base / point).mkdir(parents=True)
+            (base / point / ".s0.lock").write_text(str(pid))
+        run_sweep("shared", args)
+    finally:
+        live.kill()
+    assert calls == [0.002, 0.003]  # the live claim is skipped, the dead one taken over
+    assert (base / "learning-rate-0.001" / ".s0.lock").is_file() and not (base / "learning-rate-0.002" / ".s0.lock").exists()
+    (base / "learning-rate-0.001" / ".s0.lock").unlink()
+    calls.clear()
+    run_sweep("shared", args)
+    assert calls == [0.001]

@@ -1,0 +1,219 @@
+"""The results of a sweep: ``results.csv`` (one row per run), ``results.md`` / ``report.md`` (mean +- std over
+seeds, the command, the wall time, the machine) and the plots. ``python -m lab report NAME`` rebuilds them."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from omegaconf import DictConfig
+
+from lab.config import to_dict
+from lab.sweep import DEFAULT_METRICS, FAILED, FIXED_COLUMNS, Job, _fmt_time, plan
+
+
+def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """metrics.json -> flat scalars: per_scale lists become ``per_scale.<key>.<scale>``; nested dicts join keys."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if k == "per_scale" and isinstance(v, Mapping):
+            scales = v.get("scale", [])
+            for key, vals in v.items():
+                if key != "scale" and isinstance(vals, list):
+                    for s, x in zip(scales, vals):
+                        out[f"per_scale.{key}.{s}"] = x
+        elif isinstance(v, Mapping):
+            for kk, vv in flatten_metrics(v).items():
+                out[f"{k}.{kk}"] = vv
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[k] = v
+    return out
+
+
+def collect(suite: DictConfig, jobs: Sequence[Job]) -> list[dict]:
+    rows = []
+    from lab.run import runs_root
+
+    sweep_dir = runs_root(suite) / suite["name"]
+    for job in jobs:
+        row: dict[str, Any] = {"suite": suite["name"], "point": job.point.label, "seed": job.seed,
+                               "run_dir": str(job.run_dir.relative_to(sweep_dir))}
+        row.update(job.point.values)
+        mpath = job.run_dir / "metrics.json"
+        if mpath.is_file():
+            row["status"] = "done"
+            row.update(flatten_metrics(json.loads(mpath.read_text())))
+        elif (job.run_dir / FAILED).is_file():
+            info = json.loads((job.run_dir / FAILED).read_text())
+            row["status"] = info.get("status", "failed")
+            row["error"] = info.get("error", "")
+        else:
+            row["status"] = "missing"
+        rows.append(row)
+    return rows
+
+
+def columns_of(rows: Sequence[Mapping], first: Sequence[str]) -> list[str]:
+    cols = list(first)
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    return cols
+
+
+def write_csv(rows: Sequence[Mapping], path: Path, first: Sequence[str]) -> list[str]:
+    cols = columns_of(rows, first)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in cols})
+    return cols
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or v is None or v == "":
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def mean_std(values: Iterable[Any]) -> tuple[float, float, int] | None:
+    xs = [x for x in (_num(v) for v in values) if x is not None]
+    if not xs:
+        return None
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, sd, len(xs)
+
+
+def _fmt(m: float, sd: float, n: int) -> str:
+    def one(x: float) -> str:
+        if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+            return f"{x:.3g}"
+        return f"{x:.4g}" if abs(x) < 100 else f"{x:.1f}"
+
+    return one(m) + (f" ± {one(sd)}" if n > 1 else "")
+
+
+def group_rows(rows: Sequence[Mapping]) -> dict[str, list[Mapping]]:
+    groups: dict[str, list[Mapping]] = {}
+    for r in rows:
+        groups.setdefault(r["point"], []).append(r)
+    return groups
+
+
+def markdown_table(rows: Sequence[Mapping], axes: Sequence[str], metrics: Sequence[str]) -> str:
+    done = [r for r in rows if r.get("status") == "done"]
+    metrics = [m for m in metrics if any(_num(r.get(m)) is not None for r in done)]
+    head = list(axes) + ["seeds"] + list(metrics)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, group_all in group_rows(rows).items():
+        group = [r for r in group_all if r.get("status") == "done"]
+        cells = [str(group_all[0].get(a, "")) for a in axes] + [str(len(group))]
+        if not group:  # every seed failed or has not run: say which
+            statuses = sorted({str(r.get("status")) for r in group_all})
+            cells += [", ".join(statuses).replace("_", " ")] + [""] * (len(metrics) - 1)
+        else:
+            for m in metrics:
+                ms = mean_std(r.get(m) for r in group)
+                cells.append(_fmt(*ms) if ms else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = None) -> Path:
+    """results.csv, results.md (report.md when ``out`` is outside the runs) and plots/ for a suite's runs."""
+    from lab.run import runs_root
+
+    suite, jobs = plan(name, overrides)
+    sweep_dir = runs_root(suite) / suite["name"]
+    out = Path(out) if out is not None else sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    rows = collect(suite, jobs)
+    axes = columns_of([j.point.values for j in jobs], [])
+    write_csv(rows, out / "results.csv", list(FIXED_COLUMNS) + axes)
+    report = to_dict(suite["report"]) or {}
+    metrics = list(report.get("metrics") or DEFAULT_METRICS)
+    from lab.sweep_plots import make_plots
+
+    plots = make_plots(rows, jobs, report.get("plots") or [], out / "plots")
+    done = [r for r in rows if r.get("status") == "done"]
+    wall = sum(_num(r.get("wall_time_s")) or 0.0 for r in done)
+    manifest = {}
+    if (sweep_dir / "sweep.json").is_file():
+        manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    header = _header_comment(name)
+    md = [f"# {suite['name']}", ""]
+    if header:
+        md += ["> " + line for line in header] + [""]
+    md += [
+        f"Command: `{manifest.get('command') or ' '.join(['python -m lab run', suite['name'], *overrides])}`",
+        f"(`make experiment NAME={suite['name']}`{' ' + ' '.join(overrides) if overrides else ''}). Preset `{suite['preset']}`.",
+        "",
+        f"Runs: {len(done)} of {len(rows)} finished; summed run wall time {_fmt_time(wall)} "
+        f"(the tokenizers trained for them are not included)"
+        + (f"; the sweep command's wall time, tokenizers included: {_fmt_time(sum(i['wall_s'] for i in manifest['invocations']))}"
+           f" over {len(manifest['invocations'])} invocation(s)" if manifest.get("invocations") else "")
+        + f"; machine: {_machines(manifest)}.",
+        "",
+        "Mean ± sample std over seeds:",
+        "",
+        markdown_table(rows, axes, metrics),
+        "",
+    ]
+    for p in plots:
+        md += [f"![{p.stem}](plots/{p.name})", ""]
+    md += ["Every run: `results.csv` (one row per run, every final metric). Rebuild this report with "
+           f"`python -m lab report {suite['name']}`.", ""]
+    (out / ("results.md" if out == sweep_dir else "report.md")).write_text("\n".join(md))
+    print(f"[sweep {suite['name']}] results: {out / 'results.csv'}, {out / ('results.md' if out == sweep_dir else 'report.md')}, {len(plots)} plots")
+    return out
+
+
+def _machines(manifest: dict) -> str:
+    """The machines the sweep's invocations recorded (a report may be rebuilt elsewhere), else this one."""
+    invocations = manifest.get("invocations", [])
+    seen = list(dict.fromkeys(i["machine"] for i in invocations if "machine" in i))
+    if not seen:
+        return machine()
+    missing = sum("machine" not in i for i in invocations)
+    return "; ".join(seen) + (f" ({missing} earlier invocation(s) did not record theirs)" if missing else "")
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    if torch.cuda.is_available():
+        gpu = f", {torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    return (f"{os.cpu_count()} CPU cores ({cpu}){gpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
+            f"Python {sys.version.split()[0]}")
+
+
+def _header_comment(name: str) -> list[str]:
+    from lab.config import EXPERIMENTS
+
+    lines = []
+    for line in (EXPERIMENTS / f"{name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return lines
