@@ -163,7 +163,7 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
         f"Runs: {len(done)} of {len(rows)} finished; summed run wall time {_fmt_time(wall)} "
         f"(the tokenizers trained for them are not included)"
         + (f"; the sweep command's wall time, tokenizers included: {_fmt_time(sum(i['wall_s'] for i in manifest['invocations']))}"
-           f" over {len(manifest['invocations'])} invocation(s)" if manifest.get("invocations") else "")
+           f" over {len(manifest['invocations'])} invocation(s){_overlap(manifest['invocations'])}" if manifest.get("invocations") else "")
         + f"; machine: {_machines(manifest)}.",
         "",
         "Mean ± sample std over seeds:",
@@ -180,17 +180,29 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
     return out
 
 
+def _overlap(invocations: list[dict]) -> str:
+    """When invocations ran at the same time (sharing the grid), the elapsed time from the first start to the last end."""
+    from datetime import datetime
+
+    spans = [(datetime.fromisoformat(i["started"]).timestamp(), i["wall_s"]) for i in invocations if "started" in i]
+    if len(spans) < 2:
+        return ""
+    elapsed = max(t + w for t, w in spans) - min(t for t, _ in spans)
+    total = sum(w for _, w in spans)
+    return f" (some ran side by side: {_fmt_time(elapsed)} from the first start to the last end)" if elapsed < total - 1 else ""
+
+
 def _machines(manifest: dict) -> str:
     """The machines the sweep's invocations recorded (a report may be rebuilt elsewhere), else this one."""
     invocations = manifest.get("invocations", [])
     seen = list(dict.fromkeys(i["machine"] for i in invocations if "machine" in i))
     if not seen:
-        return machine()
+        return machine(threads=False) + " (where this report was built: the runs did not record theirs)"
     missing = sum("machine" not in i for i in invocations)
     return "; ".join(seen) + (f" ({missing} earlier invocation(s) did not record theirs)" if missing else "")
 
 
-def machine() -> str:
+def machine(threads: bool = True) -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -204,7 +216,8 @@ def machine() -> str:
     gpu = ""
     if torch.cuda.is_available():
         gpu = f", {torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
-    return (f"{os.cpu_count()} CPU cores ({cpu}){gpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
+    n = f", {torch.get_num_threads()} torch thread(s)" if threads else ""
+    return (f"{os.cpu_count()} CPU cores ({cpu}){gpu}{n}, torch {torch.__version__}, "
             f"Python {sys.version.split()[0]}")
 
 
