@@ -10,7 +10,7 @@ import time
 import warnings
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
@@ -119,16 +119,21 @@ def build_datamodule(cfg: Any) -> ImageDataModule:
     )
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a file named for this process, then rename over ``path``: readers never see a partial file,
-    and ranks of a multi-process run that write the same cache entry do not trip over each other's temp file."""
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` to a file named for this process, then rename it over ``path``: readers never see a partial
+    file, a run killed while saving keeps the previous one, and ranks of a multi-process run that write the same
+    cache entry do not trip over each other's temp file."""
     import os
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    write(tmp)
     os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -136,13 +141,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     (SIGKILL, power loss) keeps its previous checkpoint intact instead of a truncated one."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options: Any = None) -> None:
-        import os
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        atomic_write(Path(path), lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(checkpoint, tmp, storage_options))
 
 
 class StepTimer(pl.Callback):
@@ -183,18 +182,16 @@ def cpu_load() -> float:
 
     try:
         return os.getloadavg()[0] / (os.cpu_count() or 1)
-    except OSError:
+    except (OSError, AttributeError):  # no load average on this platform
         return float("nan")
 
 
 def warn_if_cpu_busy(trainer_kw: dict) -> None:
     import os
 
-    if trainer_kw.get("accelerator", "cpu") != "cpu" or not hasattr(os, "getloadavg"):
-        return
-    busy = os.getloadavg()[0]
-    if busy > 0.75 * (os.cpu_count() or 1):
-        print(f"note: the CPU is already busy (1-minute load {busy:.1f} on {os.cpu_count()} cores). Two torch jobs "
+    load = cpu_load()
+    if trainer_kw.get("accelerator", "cpu") == "cpu" and load > 0.75:  # (nan where there is no load average)
+        print(f"note: the CPU is already busy (1-minute load {load * (os.cpu_count() or 1):.1f} on {os.cpu_count()} cores). Two torch jobs "
               "that each use every core slow each other down several-fold; run one at a time, or give each "
               "OMP_NUM_THREADS=1. Timings of this run will not be comparable to an idle machine's.", flush=True)
 
@@ -220,11 +217,7 @@ def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) 
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:
-    import os
-
-    tmp = run_dir / f".metrics.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(metrics, indent=2, default=float))
-    tmp.replace(run_dir / "metrics.json")
+    atomic_write(run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2, default=float)))
 
 
 HEADLINE = ("psnr", "ssim", "lpips", "rfid", "bit_entropy", "codebook_usage", "baseline_psnr", "baseline_lpips",

@@ -211,7 +211,31 @@ def run_sweep(name: str, overrides: Sequence[str] = ()) -> Path:
                      "being trained by another invocation; skipped here"), flush=True)
             continue
         try:
-            done_times += _run_job(job, cfg, suite, jobs, todo, i, t_start, done_times, run_experiment)
+            if (job.run_dir / "checkpoints" / "last.ckpt").is_file():
+                with open_dict(cfg):
+                    cfg["resume"] = True
+                how = "resuming"
+            else:
+                if job.run_dir.exists():  # started but never checkpointed: keep it aside, start afresh
+                    aside = job.run_dir.with_name(f"{job.run_dir.name}.incomplete-{datetime.now():%Y%m%d-%H%M%S}")
+                    job.run_dir.rename(aside)
+                how = "starting"
+            eta = ""
+            if done_times:
+                eta = f", about {_fmt_time(sum(done_times) / len(done_times) * (len(todo) - i))} left"
+            print(f"[sweep {suite['name']}] run {jobs.index(job) + 1}/{len(jobs)} ({i + 1}/{len(todo)} to do): "
+                  f"{how} {job.point.label} seed {job.seed}; elapsed {_fmt_time(time.time() - t_start)}{eta}", flush=True)
+            t0 = time.time()
+            try:
+                run_experiment(cfg)
+            except Exception as e:  # noqa: BLE001 - recorded, and the sweep goes on
+                if not _recordable(e):
+                    raise
+                record_failure(job.run_dir, e)
+                print(f"[sweep {suite['name']}] run {job.point.label} seed {job.seed} FAILED and is recorded as such: "
+                      f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
+                continue
+            done_times.append(time.time() - t0)
         finally:
             if process_rank() == 0:
                 claim.unlink(missing_ok=True)
@@ -252,35 +276,6 @@ def _claim(run_dir: Path) -> Path | None:
             f.write(str(os.getpid()))
         return lock
     return None
-
-
-def _run_job(job, cfg, suite, jobs, todo, i, t_start, done_times, run_experiment) -> list[float]:
-    """Train one run of the sweep (resume it, or start it afresh); -> [its wall time], or [] if it failed."""
-    if (job.run_dir / "checkpoints" / "last.ckpt").is_file():
-        with open_dict(cfg):
-            cfg["resume"] = True
-        how = "resuming"
-    else:
-        if job.run_dir.exists():  # started but never checkpointed: keep it aside, start afresh
-            aside = job.run_dir.with_name(f"{job.run_dir.name}.incomplete-{datetime.now():%Y%m%d-%H%M%S}")
-            job.run_dir.rename(aside)
-        how = "starting"
-    eta = ""
-    if done_times:
-        eta = f", about {_fmt_time(sum(done_times) / len(done_times) * (len(todo) - i))} left"
-    print(f"[sweep {suite['name']}] run {jobs.index(job) + 1}/{len(jobs)} ({i + 1}/{len(todo)} to do): "
-          f"{how} {job.point.label} seed {job.seed}; elapsed {_fmt_time(time.time() - t_start)}{eta}", flush=True)
-    t0 = time.time()
-    try:
-        run_experiment(cfg)
-    except Exception as e:  # noqa: BLE001 - recorded, and the sweep goes on
-        if not _recordable(e):
-            raise
-        record_failure(job.run_dir, e)
-        print(f"[sweep {suite['name']}] run {job.point.label} seed {job.seed} FAILED and is recorded as such: "
-              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
-        return []
-    return [time.time() - t0]
 
 
 FAILED = "failed.json"

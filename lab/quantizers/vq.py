@@ -71,8 +71,9 @@ class VQ(nn.Module):
             index = torch.cat([(xc @ embed.T).argmax(-1) for xc in x.split(rows)])
         else:
             index = torch.cat([torch.cdist(xc, embed).argmin(-1) for xc in x.split(rows)])
-        z_q = self.vq.project_out(embed[index]).reshape(B, h, w, C).permute(0, 3, 1, 2)
-        return QuantOut(z_q, index.reshape(B, h, w), z_q.new_zeros(()), {})
+        index_Bhw = index.reshape(B, h, w)
+        z_q = self.codes_to_latent(index_Bhw)
+        return QuantOut(z_q, index_Bhw, z_q.new_zeros(()), {})
 
     def codes_to_latent(self, index_Bhw: Tensor) -> Tensor:
         """int64 (B, h, w) -> latent (B, C, h, w)."""
