@@ -21,7 +21,7 @@ from lab.config import to_dict
 from lab.generator import GeneratorModule
 from lab.metrics import FID, count_params, fid_cache_dir, peak_memory_mb, reset_peak_memory
 from lab.registry import ConfigError
-from lab.run import atomic_torch_save, build_datamodule, build_trainer, cpu_load, eval_device, timer_of, check_checkpoint_matches, log_final, make_run_dir, process_rank, runs_root, save_config, seed_all, step_flops, summary, write_metrics
+from lab.run import atomic_torch_save, build_datamodule, exclusive, build_trainer, cpu_load, eval_device, timer_of, check_checkpoint_matches, log_final, make_run_dir, process_rank, runs_root, save_config, seed_all, step_flops, summary, write_metrics
 from lab.sampling import SampleOptions, sample_images
 
 TOKENIZER_KEYS = ("data", "quantizer", "tokenizer", "loss", "tokenizer_train")
@@ -87,19 +87,24 @@ def resolve_tokenizer(cfg: DictConfig):
         return module, (path if path.is_dir() else path.parent.parent)
     tcfg = tokenizer_config(cfg)
     tdir = runs_root(tcfg) / tcfg["name"] / "run"
-    if not (tdir / "metrics.json").is_file():
-        from lab.run import run_tokenizer
-
-        if (tdir / "checkpoints" / "last.ckpt").is_file():
-            tcfg["resume"] = True
-        elif tdir.exists() and process_rank() == 0:  # (other ranks join rank 0's run of it)
-            import shutil
-
-            shutil.rmtree(tdir)  # an interrupted cache entry with no checkpoint: nothing to keep
-        print(f"training the tokenizer stage first -> {tdir}")
-        run_tokenizer(tcfg)
-    else:
+    if (tdir / "metrics.json").is_file():
         print(f"reusing tokenizer {tdir}")
+        return load_tokenizer(tdir), tdir
+    # one process trains a cache entry; another that needs it meanwhile (a second sweep invocation) waits for it
+    with exclusive(tdir.parent / ".training.lock", waiting=f"waiting for another process to finish training {tdir}"):
+        if (tdir / "metrics.json").is_file():
+            print(f"reusing tokenizer {tdir} (trained meanwhile by another process)")
+        else:
+            from lab.run import run_tokenizer
+
+            if (tdir / "checkpoints" / "last.ckpt").is_file():
+                tcfg["resume"] = True
+            elif tdir.exists() and process_rank() == 0:  # (other ranks join rank 0's run of it)
+                import shutil
+
+                shutil.rmtree(tdir)  # an interrupted cache entry with no checkpoint: nothing to keep
+            print(f"training the tokenizer stage first -> {tdir}")
+            run_tokenizer(tcfg)
     return load_tokenizer(tdir), tdir
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -130,6 +131,31 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     write(tmp)
     os.replace(tmp, path)
+
+
+@contextmanager
+def exclusive(lock_path: Path, waiting: str = ""):
+    """Hold an advisory lock (``flock``) on ``lock_path`` for the block, in rank 0 only (the other ranks of a
+    multi-process run follow rank 0). Two sweep invocations that need the same uncached tokenizer thus train it
+    once: the second waits, then finds it finished. The OS releases the lock when its process dies."""
+    import fcntl
+
+    if process_rank() > 0:
+        yield
+        return
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(waiting, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -236,3 +236,42 @@ def test_concurrent_invocations_share_the_work(tmp_experiments, tmp_path, monkey
     calls.clear()
     run_sweep("shared", args)
     assert calls == [0.001]
+
+
+def test_a_tokenizer_needed_by_two_processes_is_trained_once(tmp_path):
+    """Two sweep invocations that need the same uncached tokenizer: the second waits on the cache entry's lock
+    (instead of deleting the first one's half-trained directory), and the OS frees the lock if its holder dies."""
+    import subprocess
+    import sys
+    import time
+
+    lock, log = tmp_path / ".training.lock", tmp_path / "order.txt"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from lab.run import exclusive\n"
+        f"log = Path({str(log)!r})\n"
+        f"with exclusive(Path({str(lock)!r})):\n"
+        "    log.write_text('holder-start\\n'); time.sleep(1.5)\n"
+        "    log.write_text(log.read_text() + 'holder-end\\n')\n")])
+    try:
+        for _ in range(1200):  # wait (up to a minute on a loaded machine) until the holder owns the lock
+            if log.is_file():
+                break
+            time.sleep(0.05)
+        with run_mod.exclusive(lock, waiting="waiting"):
+            log.write_text(log.read_text() + "second\n")
+    finally:
+        holder.wait(timeout=30)
+    assert log.read_text().split() == ["holder-start", "holder-end", "second"]
+
+    killed = subprocess.Popen([sys.executable, "-c", (
+        "import time; from pathlib import Path; from lab.run import exclusive\n"
+        f"with exclusive(Path({str(lock)!r})):\n"
+        f"    Path({str(log)!r}).write_text('held\\n'); time.sleep(60)\n")])
+    for _ in range(1200):
+        if log.read_text() == "held\n":
+            break
+        time.sleep(0.05)
+    killed.kill()
+    killed.wait()
+    with run_mod.exclusive(lock):  # taken at once: the dead holder's lock went with its process
+        pass
