@@ -1,8 +1,8 @@
 """Performance figures behind ``python -m lab bench`` (``make bench``): one function per part, each returning
 a list of row dicts measured side by side in one process.
 
-- ``quantizers``: one training step of LFQ vs BSQ from 8 to 64 bits (Infinity Tab.3: LFQ runs out of memory
-  from ~20 bits, BSQ stays flat to 64).
+- ``quantizers``: one training step of VQ (codebook 2^bits), LFQ and BSQ from 8 to 64 bits (Infinity Tab.3: LFQ
+  runs out of memory from ~20 bits, BSQ stays flat to 64; the library's VQ grows with its codebook too).
 - ``heads``: parameters and memory of the index head vs the bitwise head (Infinity's IVC), analytically,
   and the measured cost of the ones small enough to build.
 - ``sampling``: images/s of next-scale vs raster next-token sampling (VAR), and what the KV cache buys.
@@ -30,6 +30,7 @@ import torch
 from lab.heads import bitwise_head_params, build_head, index_head_params
 
 LFQ_MEM_FACTOR = 7.0  # measured peak / (tokens * 2^bits * 4 bytes) of one LFQ step: 7.0-7.2 at 8-14 bits
+VQ_MEM_FACTOR = 4.0  # the same for VectorQuantize's training step (dense tokens x codebook distances and one-hot)
 INDEX_HEAD_MEM_FACTOR = 3.5  # peak / logits bytes of an index-head step: measured 3.0 (logits, log-softmax, grad)
 MAX_BUILT_INDEX_PARAMS = 50_000_000
 
@@ -151,8 +152,8 @@ def _progress(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------ 1. quantizers
 def bench_quantizers(s: Settings) -> list[dict]:
-    """One training step (forward + backward, loss = z_q.square().mean() + aux loss) of LFQ and BSQ on the
-    same latent batch (B, 16, 8, 8) at each number of bits."""
+    """One training step (forward + backward, loss = z_q.square().mean() + aux loss) of VQ (a 2^bits codebook),
+    LFQ and BSQ on the same latent batch (B, 16, 8, 8) at each number of bits."""
     from lab.quantizers import build_quantizer
 
     shape = (8, 16, 8, 8) if s.quick else (64, 16, 8, 8)
@@ -163,9 +164,9 @@ def bench_quantizers(s: Settings) -> list[dict]:
     rows = []
     for bits in bits_list:
         ms = {}
-        for name in ("lfq", "bsq"):
+        for name in ("vq", "lfq", "bsq"):
             _progress(f"quantizers: {name} {bits} bits")
-            node = {"name": name, "bits": bits}
+            node = {"name": name, "codebook_size": 2**bits} if name == "vq" else {"name": name, "bits": bits}
             row = dict(quantizer=name, bits=bits, tokens=tokens)
             try:
                 with torch.device("meta"):  # the constructor's checks, without allocating a 2^bits codebook
@@ -173,7 +174,8 @@ def bench_quantizers(s: Settings) -> list[dict]:
             except ValueError as e:
                 rows.append(dict(row, ms_per_step=None, n=0, peak_mb=None, status="unsupported", note=str(e)))
                 continue
-            estimate = tokens * 2**bits * 4 * LFQ_MEM_FACTOR + 2**bits * bits * 4 if name == "lfq" else 0.0
+            factor = {"lfq": LFQ_MEM_FACTOR, "vq": VQ_MEM_FACTOR}.get(name, 0.0)
+            estimate = factor * tokens * 2**bits * 4 + (2**bits * bits * 4 if factor else 0.0)
             if estimate > s.budget_bytes:
                 r = measure(lambda: None, s, estimate)
             else:
@@ -190,7 +192,8 @@ def bench_quantizers(s: Settings) -> list[dict]:
                 del q
             rows.append(dict(row, ms_per_step=r["ms"], n=r["n"], peak_mb=r["peak_mb"], status=r["status"]))
             ms[name] = r["ms"]
-        rows[-2]["lfq_over_bsq"] = _ratio(ms.get("lfq"), ms.get("bsq"))
+        for row in rows[-3:-1]:
+            row["over_bsq"] = _ratio(ms.get(row["quantizer"]), ms.get("bsq"))
     return rows
 
 
@@ -356,12 +359,15 @@ PARTS: dict[str, dict] = {
     "quantizers": dict(fn=bench_quantizers, columns=[
         ("quantizer", "quantizer", "s"), ("bits", "bits", "i"), ("tokens", "tokens", "i"),
         ("ms_per_step", "ms/step", "f"), ("n", "n", "i"), ("peak_mb", "peak MiB", "f"),
-        ("lfq_over_bsq", "lfq/bsq time", "x"), ("status", "status", "s")],
+        ("over_bsq", "time / bsq", "x"), ("status", "status", "s")],
         notes=["One training step (forward + backward) on the same (B, 16, 8, 8) latent batch; peak MiB is the "
                "tensor memory the step allocates (lab.bench.peak_bytes).",
                "LFQ (vector-quantize-pytorch) materialises a 2^bits codebook and a tokens x 2^bits distance "
                f"matrix: cases whose estimate (tokens * 2^bits * 4 B * {LFQ_MEM_FACTOR:g}) exceeds the budget "
-               "are skipped; above 30 bits it cannot be built. Infinity Tab.3: LFQ OOM from ~20 bits, BSQ flat to 64."]),
+               "are skipped; above 30 bits it cannot be built. Infinity Tab.3: LFQ OOM from ~20 bits, BSQ flat to 64.",
+               "VQ (vector-quantize-pytorch's VectorQuantize, cosine similarity, code dim 8, EMA updates) with a 2^bits "
+               "codebook: its training step holds tokens x codebook distance and one-hot tensors, so time and memory grow "
+               f"with the codebook (skipped above the budget, estimate factor {VQ_MEM_FACTOR:g})."]),
     "heads": dict(fn=bench_heads, columns=[
         ("width", "width", "i"), ("bits", "bits", "i"), ("index_params", "index params", "h"),
         ("bitwise_params", "bitwise params", "h"), ("index_over_bitwise", "index/bitwise", "x"),

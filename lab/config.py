@@ -126,7 +126,7 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
     from lab import data, quantizers, tokenizer
 
     checks = {
-        "quantizer": lambda n: validate(quantizers.QUANTIZERS, n, "quantizer", injected=("dim",)),
+        "quantizer": _check_quantizer,
         "data": lambda n: validate(data.DATASETS, n, "data"),
         "tokenizer": lambda n: check_kwargs(tokenizer.Tokenizer, n, "tokenizer", injected=("quantizer",)),
         "trainer": lambda n: check_kwargs(pl.Trainer, n, "trainer"),
@@ -140,6 +140,21 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
     except ImportError:  # the generator stage is optional for tokenizer-only installs
         pass
     return checks
+
+
+def _check_quantizer(node: Mapping[str, Any]) -> None:
+    """The node's keywords, then the constructor's own range checks (bits, codebook size) on the meta device,
+    so an impossible quantizer is a config error before any run directory exists, and nothing is allocated."""
+    import torch
+
+    from lab import quantizers
+
+    validate(quantizers.QUANTIZERS, node, "quantizer", injected=("dim",))
+    try:
+        with torch.device("meta"):
+            quantizers.build_quantizer(dict(node), dim=16)
+    except ValueError as e:
+        raise ConfigError(f"Invalid quantizer {dict(node)}: {e}.") from None
 
 
 def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | None = None,

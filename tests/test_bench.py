@@ -68,8 +68,11 @@ def test_bench_quick(tmp_path):
     assert {"quantizer", "bits", "ms_per_step", "peak_mb", "status"} <= set(q["bsq", 64])
     assert q["bsq", 64]["status"] == "ok" and math.isfinite(q["bsq", 64]["ms_per_step"])
     assert q["lfq", 64]["status"] == "unsupported" or q["lfq", 64]["status"].startswith("skipped")
-    assert q["lfq", 8]["status"] == "ok" and q["lfq", 8]["lfq_over_bsq"] > 0
+    assert q["lfq", 8]["status"] == "ok" and q["lfq", 8]["over_bsq"] > 0
     assert q["lfq", 12]["peak_mb"] > q["bsq", 12]["peak_mb"]  # LFQ's 2^bits distance matrix
+    assert q["vq", 8]["status"] == "ok" and q["vq", 8]["over_bsq"] > 0
+    assert q["vq", 12]["peak_mb"] > q["bsq", 12]["peak_mb"]  # VQ's tokens x codebook distances and one-hot
+    assert q["vq", 64]["status"] == "unsupported"  # a 2^64 codebook cannot be built; BSQ at 64 bits runs
 
     h = {(r["width"], r["bits"]): r for r in docs["heads"]["rows"]}
     assert h[2048, 32]["index_params"] == 2048 * 2**32 + 2**32

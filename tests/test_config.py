@@ -1,6 +1,7 @@
 """Config loading: every experiment resolves; every kind of bad input gets one clear paragraph."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,7 @@ def _cli(*args, runs_dir):
         (["quickstart", "trainer.max_stepz=3"], "Unknown key 'trainer.max_stepz'"),
         (["quickstart", "quantizer.name=nope"], "Unknown quantizer 'nope'"),
         (["quickstart", "loader.batch_size=big"], "Wrong type for 'loader.batch_size'"),
+        (["quickstart", "quantizer={name: vq, codebook_size: 18446744073709551616}"], "use bsq"),
     ],
 )
 def test_cli_errors_are_one_paragraph_and_create_no_run_dir(tmp_path, args, expected):
@@ -113,3 +115,14 @@ def test_cli_errors_are_one_paragraph_and_create_no_run_dir(tmp_path, args, expe
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not runs.exists()
+
+
+@pytest.mark.parametrize("node, message", [
+    ({"name": "lfq", "bits": 40}, "bits must be in 1..30"),
+    ({"name": "vq", "codebook_size": 2**64}, "codebook_size must be in 2..2^30"),
+    ({"name": "bsq", "bits": 0}, "bits >= 1"),
+])
+def test_impossible_quantizers_are_config_errors(node, message):
+    """The constructor's range checks run when the config is loaded (on the meta device: nothing allocated)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.load_experiment("quickstart", [f"quantizer={node}"])

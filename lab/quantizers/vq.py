@@ -31,6 +31,9 @@ class VQ(nn.Module):
     ):
         """dead_code_threshold: codes whose EMA usage falls below this many hits are re-seeded from the batch."""
         super().__init__()
+        if not 2 <= codebook_size <= 2**30:
+            raise ValueError(f"vq materialises its codebook; codebook_size must be in 2..2^30, got {codebook_size} "
+                             "(for larger vocabularies use bsq, whose cost is linear in bits)")
         self.dim, self.codebook_size = dim, codebook_size
         self.vq = VectorQuantize(
             dim=dim,
