@@ -295,6 +295,7 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
     trainer = build_trainer(cfg, run_dir)
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
     train_time = time.time() - t0
+    train_peak = peak_memory_mb()  # training alone; peak_memory_mb below also covers the evaluation
     metrics: dict[str, Any] = {}
     if trainer.is_global_zero:
         module.to(eval_device(cfg))
@@ -302,7 +303,7 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
         metrics.update(
             params=count_params(module.model) + count_params(module.head), head_params=module.head_params(),
             steps=int(trainer.global_step), wall_time_s=time.time() - t0, train_time_s=train_time,
-            peak_memory_mb=peak_memory_mb(), cpu_load=cpu_load(), tokenizer=str(tdir), flops_per_step=step_flops(module, dm),
+            peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(), tokenizer=str(tdir), flops_per_step=step_flops(module, dm),
             **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
         )
         write_metrics(run_dir, metrics)

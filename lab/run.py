@@ -298,6 +298,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     train_time = time.time() - t0
+    train_peak = peak_memory_mb()  # training alone; peak_memory_mb below also covers the evaluation
     metrics: dict[str, Any] = {}
     if trainer.is_global_zero:
         ev = cfg["eval"]
@@ -308,7 +309,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
         )
         metrics.update(
             params=count_params(module.tokenizer), steps=int(trainer.global_step),
-            wall_time_s=time.time() - t0, train_time_s=train_time, peak_memory_mb=peak_memory_mb(), cpu_load=cpu_load(),
+            wall_time_s=time.time() - t0, train_time_s=train_time, peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(),
             flops_per_step=step_flops(module, dm),
             **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
         )

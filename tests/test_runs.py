@@ -11,9 +11,9 @@ from lab.config import available_experiments, load_experiment
 from lab.registry import ConfigError
 from lab.run import run_experiment
 
-TOKENIZER_KEYS = {"psnr", "ssim", "lpips", "rfid", "per_scale", "wall_time_s", "peak_memory_mb"}
+TOKENIZER_KEYS = {"psnr", "ssim", "lpips", "rfid", "per_scale", "wall_time_s", "peak_memory_mb", "train_peak_memory_mb"}
 GENERATOR_KEYS = {"val_loss", "token_accuracy", "bit_accuracy", "gfid", "params", "head_params", "per_scale",
-                  "wall_time_s", "peak_memory_mb"}
+                  "wall_time_s", "peak_memory_mb", "train_peak_memory_mb"}
 
 
 def smoke(name: str, tmp_path: Path, *extra: str):
@@ -35,6 +35,7 @@ def test_every_experiment_runs_at_smoke_scale(name, tmp_path):
     assert keys <= set(saved), keys - set(saved)
     for k in keys - {"per_scale"}:
         assert saved[k] == saved[k], f"{k} is NaN"  # finite numbers
+    assert 0 < saved["train_peak_memory_mb"] <= saved["peak_memory_mb"]  # training alone vs training + evaluation
     if cfg.stage == "tokenizer":
         assert ("bit_entropy" in saved) != ("codebook_usage" in saved)
         assert len(saved["per_scale"]["prefix_psnr"]) == len(cfg.tokenizer.get("scales", [1, 2, 3, 4, 6, 8]))
