@@ -77,7 +77,9 @@ def check_kwargs(fn: Callable, kwargs: Mapping[str, Any], where: str, injected: 
     valid = [k for k in params if k not in injected]
     for key, value in kwargs.items():
         if key not in params or key in injected:
-            raise ConfigError(f"Unknown key '{where}.{key}'.{suggest(key, valid)}")
+            hint = (" (YAML reads '{a:b}' without a space after the colon as one key: write {name: x, key: value})"
+                    if ":" in str(key) else "")
+            raise ConfigError(f"Unknown key '{where}.{key}'{hint}.{suggest(key, valid)}")
         ann = hints.get(key, params[key].annotation)
         if not _type_ok(value, ann):
             raise ConfigError(
@@ -86,6 +88,11 @@ def check_kwargs(fn: Callable, kwargs: Mapping[str, Any], where: str, injected: 
 
 
 def split_node(node: Mapping[str, Any], registry: Mapping[str, Callable], where: str) -> tuple[str, dict]:
+    if not isinstance(node, Mapping):
+        hint = (" (YAML reads '{a:b}' without a space after the colon as one string: write {name: x, key: value})"
+                if isinstance(node, str) and ":" in node else "")
+        raise ConfigError(f"'{where}' must be a mapping like {{name: ..., key: value}}, got {type(node).__name__} "
+                          f"{node!r}{hint}. Valid names: {', '.join(sorted(registry))}.")
     node = dict(node)
     if "name" not in node:
         raise ConfigError(f"'{where}' needs a 'name:'. Valid: {', '.join(sorted(registry))}.")

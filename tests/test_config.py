@@ -105,6 +105,7 @@ def _cli(*args, runs_dir):
         (["quickstart", "quantizer.name=nope"], "Unknown quantizer 'nope'"),
         (["quickstart", "loader.batch_size=big"], "Wrong type for 'loader.batch_size'"),
         (["quickstart", "quantizer={name: vq, codebook_size: 18446744073709551616}"], "use bsq"),
+        (["quickstart", "quantizer={name:bsq,bits:8}"], "without a space after the colon"),
     ],
 )
 def test_cli_errors_are_one_paragraph_and_create_no_run_dir(tmp_path, args, expected):
