@@ -123,7 +123,7 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
     """Checks of the open component nodes against their constructors (imported lazily: config is light)."""
     import pytorch_lightning as pl
 
-    from lab import data, quantizers, tokenizer
+    from lab import data, tokenizer
 
     checks = {
         "quantizer": _check_quantizer,
@@ -143,13 +143,13 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
 
 
 def _check_quantizer(node: Mapping[str, Any]) -> None:
-    """The node's keywords, then the constructor's own range checks (bits, codebook size) on the meta device,
-    so an impossible quantizer is a config error before any run directory exists, and nothing is allocated."""
+    """Build the node on the meta device: the registry's name and keyword checks, then the constructor's own range
+    checks (bits, codebook size), so an impossible quantizer is a config error before any run directory exists,
+    and nothing is allocated. (The range checks do not depend on the latent width, hence dim=16.)"""
     import torch
 
     from lab import quantizers
 
-    validate(quantizers.QUANTIZERS, node, "quantizer", injected=("dim",))
     try:
         with torch.device("meta"):
             quantizers.build_quantizer(dict(node), dim=16)

@@ -77,8 +77,7 @@ def check_kwargs(fn: Callable, kwargs: Mapping[str, Any], where: str, injected: 
     valid = [k for k in params if k not in injected]
     for key, value in kwargs.items():
         if key not in params or key in injected:
-            hint = (" (YAML reads '{a:b}' without a space after the colon as one key: write {name: x, key: value})"
-                    if ":" in str(key) else "")
+            hint = YAML_SPACE_HINT if ":" in str(key) else ""
             raise ConfigError(f"Unknown key '{where}.{key}'{hint}.{suggest(key, valid)}")
         ann = hints.get(key, params[key].annotation)
         if not _type_ok(value, ann):
@@ -87,10 +86,13 @@ def check_kwargs(fn: Callable, kwargs: Mapping[str, Any], where: str, injected: 
             )
 
 
+# '{name:bsq,bits:8}' (no space after the colons) is one YAML key or string, not a mapping
+YAML_SPACE_HINT = " (YAML reads '{a:b}' without a space after the colon as one word: write {name: x, key: value})"
+
+
 def split_node(node: Mapping[str, Any], registry: Mapping[str, Callable], where: str) -> tuple[str, dict]:
     if not isinstance(node, Mapping):
-        hint = (" (YAML reads '{a:b}' without a space after the colon as one string: write {name: x, key: value})"
-                if isinstance(node, str) and ":" in node else "")
+        hint = YAML_SPACE_HINT if isinstance(node, str) and ":" in node else ""
         raise ConfigError(f"'{where}' must be a mapping like {{name: ..., key: value}}, got {type(node).__name__} "
                           f"{node!r}{hint}. Valid names: {', '.join(sorted(registry))}.")
     node = dict(node)
