@@ -80,14 +80,27 @@ class TokenizerModule(CheckpointedRNG, pl.LightningModule):
         loss = cfg["loss"]
         self.recon = F.l1_loss if loss["recon"] == "l1" else F.mse_loss
         self.lpips_weight = loss["lpips_weight"]
-        # A frozen, shared metric network: kept out of the state dict so checkpoints hold only the model.
-        self._lpips = [LPIPS(net=loss["lpips_net"], resize_to=loss["lpips_size"])]
+        # Frozen metric networks, kept out of the state dict so checkpoints hold only the model: the training
+        # loss's LPIPS (loss.lpips_size) and the reported one (eval.lpips_size), shared when the sizes agree.
+        train_lp = LPIPS(net=loss["lpips_net"], resize_to=loss["lpips_size"])
+        eval_size = cfg.get("eval", {}).get("lpips_size", loss["lpips_size"])
+        self._lpips = [train_lp, train_lp if eval_size == loss["lpips_size"] else
+                       LPIPS(net=loss["lpips_net"], resize_to=eval_size)]
+
+    def _on_device(self, net: LPIPS) -> LPIPS:
+        if next(net.parameters()).device != self.device:
+            net.to(self.device)
+        return net
 
     @property
     def lpips(self) -> LPIPS:
-        if next(self._lpips[0].parameters()).device != self.device:
-            self._lpips[0].to(self.device)
-        return self._lpips[0]
+        """The training loss's LPIPS."""
+        return self._on_device(self._lpips[0])
+
+    @property
+    def metric_lpips(self) -> LPIPS:
+        """The reported LPIPS (validation logs, metrics.json), at eval.lpips_size."""
+        return self._on_device(self._lpips[1])
 
     def forward(self, x: Tensor):
         return self.tokenizer(x)
@@ -116,9 +129,10 @@ class TokenizerModule(CheckpointedRNG, pl.LightningModule):
         x = batch["image"]
         out = self.tokenizer(x)
         rec = self.recon(out.x_hat, x)
-        lp = self.lpips(out.x_hat, x).mean()
+        lp = self.metric_lpips(out.x_hat, x).mean()
+        lp_loss = lp if self.lpips is self.metric_lpips else self.lpips(out.x_hat, x).mean()
         self.log_dict(
-            {"val/loss": rec + self.lpips_weight * lp, "val/psnr": psnr(out.x_hat, x), "val/lpips": lp},
+            {"val/loss": rec + self.lpips_weight * lp_loss, "val/psnr": psnr(out.x_hat, x), "val/lpips": lp},
             prog_bar=True, sync_dist=True,
         )
         if batch_idx == 0 and self.trainer.is_global_zero and self.logger is not None:

@@ -305,7 +305,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
         module.to(eval_device(cfg))
         metrics = evaluate_tokenizer(
             module.tokenizer, dm.val_dataloader(), batches=ev["batches"], fid_samples=ev["fid_samples"],
-            lpips=module.lpips, device=module.device,
+            lpips=module.metric_lpips, device=module.device,
         )
         metrics.update(
             params=count_params(module.tokenizer), steps=int(trainer.global_step),
