@@ -395,7 +395,7 @@ PARTS: dict[str, dict] = {
         ("stage", "stage", "s"), ("size", "size", "s"), ("batch", "batch", "i"), ("loop", "loop", "s"),
         ("ms_per_step", "ms/step", "f"), ("images_per_s", "images/s", "f"), ("tokens_per_s", "tokens/s", "f"),
         ("vs_minimal", "x minimal", "x"), ("data_pct", "data % of step", "f"), ("cache_speedup", "cache speed-up", "x"),
-        ("compile_speedup", "compile speed-up", "x"), ("status", "status", "s")],
+        ("compile_speedup", "compile speed-up", "x"), ("bf16_speedup", "bf16 speed-up", "x"), ("status", "status", "s")],
         notes=["cpu-scale settings of quickstart (tokenizer) and c2i_fashion (generator, xs and s) on 1,024 emoji32 "
                "images; untrained models. minimal: a hand-written loop (same train_loss, AdamW, clipping); lightning: "
                "the Trainer exactly as runs build it (TensorBoard, checkpoints, progress bar), validation off.",

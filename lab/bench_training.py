@@ -33,8 +33,9 @@ def _stage_module(stage: str, size: str, quick: bool):
     return cfg, module, dm
 
 
-def _minimal_loop(module, loader, steps: int, warmup: int) -> float:
-    """Seconds per step of a hand-written loop: the same loss code, AdamW, gradient clipping, no framework."""
+def _minimal_loop(module, loader, steps: int, warmup: int, bf16: bool = False) -> float:
+    """Seconds per step of a hand-written loop: the same loss code, AdamW, gradient clipping, no framework.
+    ``bf16``: the forward under bf16 autocast, what ``trainer.precision=bf16-mixed`` does."""
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95))
     module.train()
@@ -48,7 +49,8 @@ def _minimal_loop(module, loader, steps: int, warmup: int) -> float:
         except StopIteration:
             it = iter(loader)
             batch = next(it)
-        loss = module.train_loss(batch)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = module.train_loss(batch)
         loss = loss[0] if isinstance(loss, tuple) else loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -120,6 +122,10 @@ def bench_training(s: Settings) -> list[dict]:
                              tokens_per_s=B * tokens / t if tokens else None,
                              vs_minimal=_ratio(t, t_min) if loop == "lightning" else None,
                              data_pct=100 * t_data / t))
+        # bf16 autocast, timed right after the fp32 loop on the same module and batches
+        t_bf = _minimal_loop(module, loader, steps, warmup, bf16=True)
+        rows.append(dict(base, loop="minimal, bf16 autocast", ms_per_step=1e3 * t_bf, images_per_s=B / t_bf,
+                         tokens_per_s=B * tokens / t_bf if tokens else None, bf16_speedup=_ratio(t_min, t_bf)))
         if stage == "generator":
             features = module.features
             module.features = {}  # encode every batch's images with the frozen tokenizer instead

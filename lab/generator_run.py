@@ -37,12 +37,17 @@ def tokenizer_config(cfg: DictConfig) -> DictConfig:
     tt = d["tokenizer_train"]
     d.update(stage="tokenizer", seed=tt["seed"], resume=False, run_id="run")
     d["trainer"] = {**d["trainer"], "max_steps": tt["max_steps"], "val_check_interval": min(d["trainer"]["val_check_interval"], tt["max_steps"])}
+    if tt.get("precision") is not None:
+        d["trainer"]["precision"] = tt["precision"]
     d["optim"] = {**d["optim"], "learning_rate": tt["learning_rate"]}
     d["loader"] = {**d["loader"], "batch_size": tt["batch_size"]}
     d["eval"] = {**d["eval"], "fid_samples": 0}
     from lab.tokenizer import ARCH_VERSION
 
     key = {k: d[k] for k in TOKENIZER_KEYS} | {"image_size": d["loader"]["image_size"], "arch_version": ARCH_VERSION}
+    key["tokenizer_train"] = {k: v for k, v in key["tokenizer_train"].items() if k != "precision"}
+    if str(d["trainer"]["precision"]) not in ("32-true", "32"):  # fp32 keys stay those of earlier tokenizers
+        key["precision"] = str(d["trainer"]["precision"])
     d["name"] = f"_tokenizers/{_hash(key)}"
     return OmegaConf.create(d)
 

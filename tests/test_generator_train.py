@@ -83,3 +83,20 @@ def test_other_conditionings_and_raster_train(cond, order):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+def test_tokenizer_stage_precision_and_its_cache_key():
+    """tokenizer_train.precision sets the tokenizer stage's precision apart from the generator's; a tokenizer
+    trained at another precision is another cache entry, and fp32 entries keep their earlier keys."""
+    from lab.config import load_experiment
+    from lab.generator_run import tokenizer_config
+
+    def tcfg(*over):
+        return tokenizer_config(load_experiment("generator/c2i_fashion", list(over)))
+
+    fp32 = tcfg("trainer.precision=32-true", "tokenizer_train.precision=null")
+    mixed_gen = tcfg("trainer.precision=bf16-mixed", "tokenizer_train.precision=32-true")
+    mixed_both = tcfg("trainer.precision=bf16-mixed", "tokenizer_train.precision=null")
+    assert fp32["trainer"]["precision"] == mixed_gen["trainer"]["precision"] == "32-true"
+    assert mixed_both["trainer"]["precision"] == "bf16-mixed"
+    assert fp32["name"] == mixed_gen["name"] != mixed_both["name"]
