@@ -222,9 +222,27 @@ def warn_if_cpu_busy(trainer_kw: dict) -> None:
               "OMP_NUM_THREADS=1. Timings of this run will not be comparable to an idle machine's.", flush=True)
 
 
+def share_cpu_threads(trainer_kw: dict) -> int | None:
+    """Several training processes on one CPU (``accelerator: cpu``, ``devices: N``): each takes 1/N of the
+    cores for its torch threads, unless OMP_NUM_THREADS says otherwise. Every process would otherwise start
+    one thread per core, and N processes oversubscribing the cores run several times slower. Returns the
+    thread count set (None: unchanged)."""
+    import os
+
+    devices = trainer_kw.get("devices", 1)
+    if trainer_kw.get("accelerator", "cpu") != "cpu" or not isinstance(devices, int) or devices < 2:
+        return None
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    n = max(1, (os.cpu_count() or 1) // devices)
+    torch.set_num_threads(n)
+    return n
+
+
 def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) -> pl.Trainer:
     trainer_kw = dict(to_dict(cfg["trainer"]))
     warn_if_cpu_busy(trainer_kw)
+    share_cpu_threads(trainer_kw)
     ckpt_dir = run_dir / "checkpoints"
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                            auto_insert_metric_name=False)

@@ -63,3 +63,24 @@ def test_two_process_ddp_trains_both_stages_and_rank0_alone_writes(tmp_path):
 
     module = GeneratorModule(ck["hyper_parameters"]["cfg"], tok.tokenizer, num_classes=ck["hyper_parameters"]["num_classes"])
     module.load_state_dict(ck["state_dict"], strict=True)
+
+
+def test_cpu_processes_share_the_cores(monkeypatch):
+    """N training processes on one CPU each take 1/N of the cores (no oversubscription), unless
+    OMP_NUM_THREADS is set; one process, or a GPU run, keeps torch's setting."""
+    import torch
+
+    from lab.run import share_cpu_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        assert share_cpu_threads({"accelerator": "cpu", "devices": 2}) == 4 and torch.get_num_threads() == 4
+        assert share_cpu_threads({"accelerator": "cpu", "devices": 16}) == 1
+        assert share_cpu_threads({"accelerator": "cpu", "devices": 1}) is None
+        assert share_cpu_threads({"accelerator": "gpu", "devices": 2}) is None
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert share_cpu_threads({"accelerator": "cpu", "devices": 2}) is None
+    finally:
+        torch.set_num_threads(before)
