@@ -18,10 +18,13 @@ def _stage_module(stage: str, size: str, quick: bool):
 
     limit = 256 if quick else 1024
     if stage == "tokenizer":
-        cfg = load_experiment("quickstart", [f"data.limit={limit}"] + (["loader.batch_size=16"] if quick else []))
+        # one process at the old quickstart's batch (the quickstart itself now trains as two DDP processes)
+        cfg = load_experiment("quickstart", [f"data.limit={limit}", "trainer.devices=1", "trainer.strategy=auto",
+                                             "loader.batch_size=%d" % (16 if quick else 64)])
         module = TokenizerModule(to_dict(cfg))
     else:
-        cfg = load_experiment("generator/c2i_fashion", ["data={name: emoji32, limit: %d}" % limit, f"generator.size={size}"]
+        cfg = load_experiment("generator/c2i_fashion", ["data={name: emoji32, limit: %d}" % limit, f"generator.size={size}",
+                                                        "trainer.precision=32-true"]
                               + (["loader.batch_size=8"] if quick else []))
     dm = build_datamodule(cfg)
     dm.setup("fit")
