@@ -157,3 +157,36 @@ def test_vq_fast_inference_lookup_equals_the_library(key):
     torch.testing.assert_close(ours.z_q, z_q)
     assert float(ours.loss) == float(loss.sum()) == 0.0
     assert torch.equal(q._nearest(z, rows=7).codes, index)  # chunking changes nothing
+
+
+def _bsq_shard_worker(rank: int, world: int, init_file: str, sync: bool, out_file: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    q = build_quantizer({"name": "bsq", "bits": 6, "sync_entropy": sync}, dim=8).train()
+    z = torch.randn(8, 8, 1, 1, generator=torch.Generator().manual_seed(1))  # one token per image, like scale 1
+    out = q(z.chunk(world)[rank])
+    out.loss.backward()
+    grad = q.project_in.proj.weight.grad.clone()
+    dist.all_reduce(grad)  # what DDP does: the mean of the processes' gradients
+    if rank == 0:
+        torch.save({"grad": grad / world, "batch_entropy": out.stats["batch_entropy"]}, out_file)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_bsq_diversity_term_over_processes_equals_one_process(tmp_path, sync):
+    """Two processes with 4 images each give the loss value and the DDP-averaged gradient of one process
+    with all 8 (sync_entropy); without the sync each process sees only its shard's marginal."""
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    q = build_quantizer({"name": "bsq", "bits": 6}, dim=8).train()
+    out = q(torch.randn(8, 8, 1, 1, generator=torch.Generator().manual_seed(1)))
+    out.loss.backward()
+    mp.spawn(_bsq_shard_worker, args=(2, str(tmp_path / "init"), sync, str(tmp_path / "out.pt")), nprocs=2)
+    two = torch.load(tmp_path / "out.pt")
+    same_entropy = torch.allclose(two["batch_entropy"], out.stats["batch_entropy"], atol=1e-6)
+    same_grad = torch.allclose(two["grad"], q.project_in.proj.weight.grad, atol=1e-6)
+    assert same_entropy == sync and same_grad == sync
