@@ -39,7 +39,7 @@ def tokenizer_config(cfg: DictConfig) -> DictConfig:
     d["trainer"] = {**d["trainer"], "max_steps": tt["max_steps"], "val_check_interval": min(d["trainer"]["val_check_interval"], tt["max_steps"])}
     if tt.get("precision") is not None:
         d["trainer"]["precision"] = tt["precision"]
-    d["optim"] = {**d["optim"], "learning_rate": tt["learning_rate"]}
+    d["optim"] = {**d["optim"], "learning_rate": tt["learning_rate"], "ema_decay": 0.0}
     d["loader"] = {**d["loader"], "batch_size": tt["batch_size"]}
     d["eval"] = {**d["eval"], "fid_samples": 0}
     from lab.tokenizer import ARCH_VERSION
@@ -73,6 +73,7 @@ def load_tokenizer(path: str | Path):
         raise ConfigError(f"The tokenizer checkpoint {ckpt} does not match its configuration: {first}") from None
     except (KeyError, TypeError) as e:
         raise ConfigError(f"{ckpt} is not a bitlab tokenizer checkpoint ({e}).") from None
+    module.adopt_ema()
     return module
 
 
@@ -260,6 +261,11 @@ def preflight(cfg: DictConfig) -> None:
     from lab.tokenizer import Tokenizer
     from lab.transformer import LADDER, Transformer
 
+    if cfg["optim"].get("ema_decay"):
+        raise ConfigError(
+            f"optim.ema_decay={cfg['optim']['ema_decay']}: weight averaging is implemented for the tokenizer stage "
+            "only (the generator's tokenizer stage trains without it); set optim.ema_decay=0 for a generator run."
+        )
     gen = to_dict(cfg["generator"])
     size = gen.get("size", inspect.signature(Transformer).parameters["size"].default)
     if size not in LADDER:

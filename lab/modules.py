@@ -1,6 +1,7 @@
 """LightningModules: ``TokenizerModule`` (stage 1) and ``GeneratorModule`` (stage 2, in lab/generator.py)."""
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping
 
 import pytorch_lightning as pl
@@ -77,6 +78,11 @@ class TokenizerModule(CheckpointedRNG, pl.LightningModule):
         self.save_hyperparameters({"cfg": self.cfg})
         self.tokenizer = Tokenizer(quantizer=cfg["quantizer"], **cfg["tokenizer"])
         self.tokenizer.check_image_size(cfg["loader"]["image_size"])
+        # An exponential moving average of the weights (optim.ema_decay > 0): validation, the final metrics
+        # and every downstream use (adopt_ema) take the averaged tokenizer; checkpoints hold both.
+        self.ema_decay = float(cfg["optim"].get("ema_decay") or 0.0)
+        if self.ema_decay:
+            self.tokenizer_ema = copy.deepcopy(self.tokenizer).requires_grad_(False)
         loss = cfg["loss"]
         self.recon = F.l1_loss if loss["recon"] == "l1" else F.mse_loss
         self.lpips_weight = loss["lpips_weight"]
@@ -101,6 +107,26 @@ class TokenizerModule(CheckpointedRNG, pl.LightningModule):
     def metric_lpips(self) -> LPIPS:
         """The reported LPIPS (validation logs, metrics.json), at eval.lpips_size."""
         return self._on_device(self._lpips[1])
+
+    @property
+    def served(self) -> Tokenizer:
+        """The tokenizer that is evaluated: the weight average when there is one."""
+        return self.tokenizer_ema if self.ema_decay else self.tokenizer
+
+    def adopt_ema(self) -> None:
+        """Put the averaged weights into ``tokenizer`` (after training, or on loading for downstream use)."""
+        if self.ema_decay:
+            self.tokenizer.load_state_dict(self.tokenizer_ema.state_dict())
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self.ema_decay:
+            return
+        t = self.global_step  # optimizer steps taken so far
+        d = min(self.ema_decay, (1 + t) / (10 + t))  # warm-up: early averages follow the weights (and the gain init)
+        torch._foreach_lerp_(list(self.tokenizer_ema.parameters()), list(self.tokenizer.parameters()), 1 - d)
+        for b_ema, b in zip(self.tokenizer_ema.buffers(), self.tokenizer.buffers()):
+            b_ema.copy_(b)
 
     def forward(self, x: Tensor):
         return self.tokenizer(x)
@@ -127,7 +153,7 @@ class TokenizerModule(CheckpointedRNG, pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         x = batch["image"]
-        out = self.tokenizer(x)
+        out = self.served(x)
         rec = self.recon(out.x_hat, x)
         lp = self.metric_lpips(out.x_hat, x).mean()
         lp_loss = lp if self.lpips is self.metric_lpips else self.lpips(out.x_hat, x).mean()
@@ -137,7 +163,7 @@ class TokenizerModule(CheckpointedRNG, pl.LightningModule):
         )
         if batch_idx == 0 and self.trainer.is_global_zero and self.logger is not None:
             n = min(8, x.shape[0])
-            prefixes = self.tokenizer.decode_prefixes(x[:n])
+            prefixes = self.served.decode_prefixes(x[:n])
             exp = getattr(self.logger, "experiment", None)
             if exp is not None and hasattr(exp, "add_image"):
                 exp.add_image("val/input_vs_recon", image_grid([x, out.x_hat], n), self.global_step)

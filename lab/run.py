@@ -318,6 +318,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     train_time = time.time() - t0
     train_peak = peak_memory_mb()  # training alone; peak_memory_mb below also covers the evaluation
     metrics: dict[str, Any] = {}
+    module.adopt_ema()  # from here on, module.tokenizer is the evaluated (averaged) one
     if trainer.is_global_zero:
         ev = cfg["eval"]
         module.to(eval_device(cfg))
