@@ -91,3 +91,12 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert ckpt["global_step"] == 2  # saved every 2 steps at smoke scale; step 3 never got there
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert not (run_dir / "metrics.json").exists() and (run_dir / "config.yaml").is_file()
+
+
+def test_weight_averaging_of_a_generator_is_refused_before_training(tmp_path):
+    from lab.generator_run import preflight
+    from lab.registry import ConfigError
+
+    cfg = load_experiment("generator/c2i_fashion", ["optim.ema_decay=0.999", f"runs_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="tokenizer stage only"):
+        preflight(cfg)

@@ -115,3 +115,21 @@ def test_sample_command_writes_a_png(name, arg, tmp_path):
     assert Image.open(out).size[0] > 32
     bad = subprocess.run([sys.executable, "-m", "lab", "sample", str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_weight_average_is_what_gets_evaluated_and_loaded(tmp_path):
+    """optim.ema_decay: the checkpoint holds the raw and the averaged tokenizer, they differ after training, the
+    average is warm-started (the data-initialised scale gains are not dragged from zero), and loading the
+    run for downstream use gives the average."""
+    from lab.generator_run import load_tokenizer
+
+    run_dir, _ = run_experiment(smoke("quickstart", tmp_path, "optim.ema_decay=0.9", "trainer.max_steps=6",
+                                      "eval.fid_samples=0"))
+    sd = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    raw = {k[len("tokenizer."):]: v for k, v in sd.items() if k.startswith("tokenizer.")}
+    ema = {k[len("tokenizer_ema."):]: v for k, v in sd.items() if k.startswith("tokenizer_ema.")}
+    assert raw.keys() == ema.keys()
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw if raw[k].is_floating_point())
+    assert torch.allclose(ema["msq.log_gain"], raw["msq.log_gain"], atol=0.05)  # warm-up: not 0.9**6 of the way from 0
+    loaded = load_tokenizer(run_dir / "checkpoints" / "last.ckpt").tokenizer.state_dict()
+    assert all(torch.equal(loaded[k], ema[k]) for k in ema)
