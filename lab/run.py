@@ -355,7 +355,10 @@ def step_flops(module: Any, dm: ImageDataModule) -> int:
     B = len(batch["image"])
     b = min(B, 4)  # FLOPs are linear in the batch: count a slice (a full 256-px batch in fp32 may not fit)
     batch = {k: (v[:b].to(module.device) if torch.is_tensor(v) else v[:b]) for k, v in batch.items()}
-    return int(train_step_flops(module, batch) * B / b)
+    from lab.quantizers.base import local_statistics
+
+    with local_statistics():  # rank 0 alone: no collective may wait for the others
+        return int(train_step_flops(module, batch) * B / b)
 
 
 def save_grids(module: Any, dm: ImageDataModule, run_dir: Path, n: int) -> None:

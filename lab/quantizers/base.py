@@ -1,7 +1,8 @@
 """The one return type and helpers shared by every quantizer."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -45,3 +46,50 @@ class Projection(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x)
+
+
+_local_only = False
+
+
+@contextmanager
+def local_statistics() -> Iterator[None]:
+    """Within this block ``global_mean`` does not communicate: for work that one process does alone while a
+    process group exists (e.g. rank 0 measuring a training step after ``fit``), which would otherwise wait
+    forever for the other processes."""
+    global _local_only
+    before, _local_only = _local_only, True
+    try:
+        yield
+    finally:
+        _local_only = before
+
+
+def global_mean(x: Tensor) -> Tensor:
+    """Mean of ``x`` over the processes of the default process group, differentiable (identity when not
+    distributed or inside ``local_statistics``). Every process must call it equally often, same shape."""
+    import torch.distributed as dist
+
+    if _local_only or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return _AllReduceSum.apply(x) / dist.get_world_size()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the backward sums the gradients too, which is exact under DDP's gradient mean
+    when every process computes the same loss from the summed value."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        g = grad.contiguous().clone()
+        dist.all_reduce(g)
+        return g

@@ -14,19 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lab.codes import pack_bits
-from lab.quantizers.base import Projection, QuantOut, binary_entropy, to_channels_last
-
-
-def global_mean(x: Tensor) -> Tensor:
-    """Mean of ``x`` over the processes of the default process group, differentiable (identity when not
-    distributed). Every process must call it (the same number of times, with the same shape)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(x) / dist.get_world_size()
+from lab.quantizers.base import Projection, QuantOut, binary_entropy, global_mean, to_channels_last
 
 
 class BSQ(nn.Module):
