@@ -159,34 +159,53 @@ def test_vq_fast_inference_lookup_equals_the_library(key):
     assert torch.equal(q._nearest(z, rows=7).codes, index)  # chunking changes nothing
 
 
+def _bsq_grads(sync: bool, shard: tuple[int, int] | None = None) -> dict:
+    """Loss gradients and diversity-term entropies of a BSQ alone and inside a MultiScaleQuantizer, on all 8
+    images or on shard (rank, world) of them (then the gradients are averaged over processes, as DDP does)."""
+    import torch.distributed as dist
+
+    out = {}
+    for kind in ("bsq", "multiscale"):
+        torch.manual_seed(0)
+        q = build_quantizer({"name": "bsq", "bits": 6, "sync_entropy": sync}, dim=8)
+        if kind == "bsq":  # one token per image, like scale 1
+            net, x = q, torch.randn(8, 8, 1, 1, generator=torch.Generator().manual_seed(1))
+        else:
+            net = MultiScaleQuantizer(q, dim=8, scales=[1, 2, 4], learn_gain=False)
+            x = torch.randn(8, 8, 4, 4, generator=torch.Generator().manual_seed(1))
+        net.train()
+        res = net(x if shard is None else x.chunk(shard[1])[shard[0]])
+        res.loss.backward()
+        grad = q.project_in.proj.weight.grad.clone()
+        if shard is not None:
+            dist.all_reduce(grad)
+            grad /= shard[1]
+        stats = [res.stats] if kind == "bsq" else res.stats
+        out[kind] = (grad, torch.stack([s["batch_entropy"] for s in stats]))
+    return out
+
+
 def _bsq_shard_worker(rank: int, world: int, init_file: str, sync: bool, out_file: str) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    q = build_quantizer({"name": "bsq", "bits": 6, "sync_entropy": sync}, dim=8).train()
-    z = torch.randn(8, 8, 1, 1, generator=torch.Generator().manual_seed(1))  # one token per image, like scale 1
-    out = q(z.chunk(world)[rank])
-    out.loss.backward()
-    grad = q.project_in.proj.weight.grad.clone()
-    dist.all_reduce(grad)  # what DDP does: the mean of the processes' gradients
+    out = _bsq_grads(sync, (rank, world))
     if rank == 0:
-        torch.save({"grad": grad / world, "batch_entropy": out.stats["batch_entropy"]}, out_file)
+        torch.save(out, out_file)
     dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("sync", [True, False])
 def test_bsq_diversity_term_over_processes_equals_one_process(tmp_path, sync):
-    """Two processes with 4 images each give the loss value and the DDP-averaged gradient of one process
-    with all 8 (sync_entropy); without the sync each process sees only its shard's marginal."""
+    """Two processes with 4 images each give the diversity term and the DDP-averaged gradient of one process
+    with all 8 (sync_entropy; inside a MultiScaleQuantizer too, where every scale's marginals travel in one
+    all-reduce); without the sync each process sees only its shard's marginals."""
     import torch.multiprocessing as mp
 
-    torch.manual_seed(0)
-    q = build_quantizer({"name": "bsq", "bits": 6}, dim=8).train()
-    out = q(torch.randn(8, 8, 1, 1, generator=torch.Generator().manual_seed(1)))
-    out.loss.backward()
+    one = _bsq_grads(sync)
     mp.spawn(_bsq_shard_worker, args=(2, str(tmp_path / "init"), sync, str(tmp_path / "out.pt")), nprocs=2)
     two = torch.load(tmp_path / "out.pt")
-    same_entropy = torch.allclose(two["batch_entropy"], out.stats["batch_entropy"], atol=1e-6)
-    same_grad = torch.allclose(two["grad"], q.project_in.proj.weight.grad, atol=1e-6)
-    assert same_entropy == sync and same_grad == sync
+    for kind in one:
+        same_entropy = torch.allclose(two[kind][1], one[kind][1], atol=1e-6)
+        same_grad = torch.allclose(two[kind][0], one[kind][0], atol=1e-6)
+        assert same_entropy == sync and same_grad == sync, kind

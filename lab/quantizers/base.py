@@ -64,32 +64,25 @@ def local_statistics() -> Iterator[None]:
         _local_only = before
 
 
-def global_mean(x: Tensor) -> Tensor:
-    """Mean of ``x`` over the processes of the default process group, differentiable (identity when not
-    distributed or inside ``local_statistics``). Every process must call it equally often, same shape."""
+def distributed() -> bool:
+    """Whether ``global_mean`` would communicate (a process group of 2+ and not ``local_statistics``)."""
     import torch.distributed as dist
 
-    if _local_only or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    return not _local_only and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def global_mean(x: Tensor) -> Tensor:
+    """The mean of ``x`` over the processes of the default process group (``x`` itself when not distributed
+    or inside ``local_statistics``). Every process must call it equally often, with the same shape.
+
+    Meant for a loss that every process computes identically from the global value, under DDP's gradient
+    averaging: the gradient passes to the local ``x`` unchanged (straight-through), and the average of the
+    processes' gradients is then exactly the gradient of the global loss. So only the forward communicates:
+    one all-reduce, none in the backward."""
+    if not distributed():
         return x
-    return _AllReduceSum.apply(x) / dist.get_world_size()
+    import torch.distributed as dist
 
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over processes; the backward sums the gradients too, which is exact under DDP's gradient mean
-    when every process computes the same loss from the summed value."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        import torch.distributed as dist
-
-        y = x.clone()
-        dist.all_reduce(y)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        import torch.distributed as dist
-
-        g = grad.contiguous().clone()
-        dist.all_reduce(g)
-        return g
+    total = x.detach().clone()
+    dist.all_reduce(total)
+    return x + (total / dist.get_world_size() - x).detach()

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lab.codes import pack_bits
-from lab.quantizers.base import Projection, QuantOut, binary_entropy, global_mean, to_channels_last
+from lab.quantizers.base import Projection, QuantOut, binary_entropy, distributed, global_mean, to_channels_last
 
 
 class BSQ(nn.Module):
@@ -37,8 +37,8 @@ class BSQ(nn.Module):
         ``H[E q]``) over the global batch, all processes together, instead of each process's shard. A coarse
         scale has one token per image, so a shard of 8 images gives an 8-sample estimate and its bits can
         collapse (measured: two processes of 8 images each drove scale 1's bit entropy to 0.08; the same 16
-        images in one process kept 0.995). The gradient is exact: DDP's gradient averaging is compensated by
-        the all-reduce's backward, which sums.
+        images in one process kept 0.995). After DDP's gradient averaging the gradient is exactly that of the
+        global term; inside a MultiScaleQuantizer every scale's marginals travel in one all-reduce per step.
 
         inv_temperature sets the soft assignment used only by the entropy term:
         p(bit=1) = sigmoid(4 * inv_temperature * sqrt(d) * u) for the normalised input u, i.e. the
@@ -54,6 +54,7 @@ class BSQ(nn.Module):
         self.commitment_weight = commitment_weight
         self.inv_temperature = inv_temperature
         self.sync_entropy = sync_entropy
+        self.defer_sync = False  # set by MultiScaleQuantizer while it runs its scales
         self.project_in = Projection(dim, bits)
         self.project_out = Projection(bits, dim)
 
@@ -73,16 +74,29 @@ class BSQ(nn.Module):
             p = torch.sigmoid(4 * self.inv_temperature * math.sqrt(self.bits) * u)  # P(bit = 1), (B, d, h, w)
             per_sample = binary_entropy(p).mean()
             marginal = p.mean(dim=(0, 2, 3))  # of each bit over the batch
-            if self.sync_entropy and self.training and torch.is_grad_enabled():
-                marginal = global_mean(marginal)
-            batch = binary_entropy(marginal).mean()
-            loss = loss + self.entropy_weight * (per_sample - self.diversity_gamma * batch)
-            stats.update(per_sample_entropy=per_sample.detach(), batch_entropy=batch.detach())
-        if self.commitment_weight > 0:
-            commit = (u - q).pow(2).sum(1).mean()  # squared distance on the sphere, per position
-            loss = loss + self.commitment_weight * commit
-            stats["commitment"] = commit.detach()
+            loss = loss + self.entropy_weight * per_sample
+            stats["per_sample_entropy"] = per_sample.detach()
+            if not (self.sync_entropy and self.training and torch.is_grad_enabled() and distributed()):
+                loss = loss + self.diversity_loss(marginal, stats)
+            elif self.defer_sync:  # the caller adds diversity_loss after one all-reduce for every scale's marginal
+                stats["bit_marginal"] = marginal
+            else:
+                loss = loss + self.diversity_loss(global_mean(marginal), stats)
+        loss = loss + self.commitment(u, q, stats)
         return QuantOut(self.project_out(z_q), bits_Bhwd, loss, stats)
+
+    def diversity_loss(self, marginal: Tensor, stats: dict) -> Tensor:
+        """``-weight * gamma * H[E q]`` from the bits' marginals (d,), which may be global (see sync_entropy)."""
+        batch = binary_entropy(marginal).mean()
+        stats["batch_entropy"] = batch.detach()
+        return -self.entropy_weight * self.diversity_gamma * batch
+
+    def commitment(self, u: Tensor, q: Tensor, stats: dict) -> Tensor:
+        if self.commitment_weight <= 0:
+            return u.new_zeros(())
+        commit = (u - q).pow(2).sum(1).mean()  # squared distance on the sphere, per position
+        stats["commitment"] = commit.detach()
+        return self.commitment_weight * commit
 
     def codes_to_latent(self, bits_Bhwd: Tensor) -> Tensor:
         """bits (B, h, w, d) -> latent (B, C, h, w)."""

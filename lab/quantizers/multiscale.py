@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lab.quantizers.base import QuantOut
+from lab.quantizers.base import QuantOut, global_mean
 
 
 class Phi(nn.Module):
@@ -114,6 +114,24 @@ class MultiScaleQuantizer(nn.Module):
 
     # --- forward / decode ---------------------------------------------------------------------
     def forward(self, f: Tensor, *, keep_prefixes: bool = False) -> MultiScaleOut:
+        defer = hasattr(self.quantizer, "defer_sync")  # BSQ: one all-reduce of the bit marginals for all scales
+        if defer:
+            self.quantizer.defer_sync = True
+        try:
+            f_hat, loss, codes, stats, prefixes = self._run_scales(f, keep_prefixes)
+        finally:
+            if defer:
+                self.quantizer.defer_sync = False
+        pending = [k for k, st in enumerate(stats) if "bit_marginal" in st]
+        if pending:
+            marginals = global_mean(torch.stack([stats[k].pop("bit_marginal") for k in pending]))
+            for k, m in zip(pending, marginals):
+                loss = loss + self.quantizer.diversity_loss(m, stats[k])
+        if self.training and self.learn_gain:
+            self.gain_initialised.fill_(True)
+        return MultiScaleOut(f_hat, codes, loss / len(self.scales), stats, prefixes)
+
+    def _run_scales(self, f: Tensor, keep_prefixes: bool) -> tuple[Tensor, Tensor, list, list, list]:
         f_hat = torch.zeros_like(f)
         codes, stats, prefixes = [], [], []
         loss = f.new_zeros(())
@@ -133,9 +151,7 @@ class MultiScaleQuantizer(nn.Module):
             loss = loss + out.loss
             if keep_prefixes:
                 prefixes.append(f_hat)
-        if self.training and self.learn_gain:
-            self.gain_initialised.fill_(True)
-        return MultiScaleOut(f_hat, codes, loss / len(self.scales), stats, prefixes)
+        return f_hat, loss, codes, stats, prefixes
 
     def codes_to_latent(self, codes: Sequence[Tensor]) -> Tensor:
         """Per-scale codes (the first len(codes) scales) -> f_hat (B, C, H, W)."""
