@@ -141,9 +141,7 @@ class MultiScaleQuantizer(nn.Module):
             if self.training and not bool(self.gain_initialised) and self.learn_gain:
                 with torch.no_grad():  # ActNorm-style data init of this scale's magnitude
                     ratio = r.pow(2).mean().sqrt() / out.z_q.pow(2).mean().sqrt().clamp_min(1e-8)
-                    if torch.distributed.is_available() and torch.distributed.is_initialized():
-                        torch.distributed.all_reduce(ratio)  # every rank starts from the same gain
-                        ratio = ratio / torch.distributed.get_world_size()
+                    ratio = global_mean(ratio)  # every rank starts from the same gain
                     self.log_gain[k] = ratio.clamp_min(1e-4).log()
             f_hat = f_hat + self.contribution(out.z_q, k)
             codes.append(out.codes)
