@@ -14,12 +14,13 @@ from lab.registry import ConfigError
 def load_generator(run_dir: Path):
     from lab.generator import GeneratorModule
     from lab.generator_run import _ckpt_in
+    from lab.safety import load_checkpoint
     from lab.tokenizer import Tokenizer
 
     ckpt_path = _ckpt_in(run_dir)
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    hp = ckpt.get("hyper_parameters", {})
-    if "cfg" not in hp or hp["cfg"].get("stage") != "generator":
+    ckpt = load_checkpoint(ckpt_path)  # weights_only: a crafted file is refused before any of it runs
+    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    if not isinstance(hp, dict) or not isinstance(hp.get("cfg"), dict) or hp["cfg"].get("stage") != "generator":
         raise ConfigError(f"{ckpt_path} is not a bitlab generator checkpoint.")
     cfg = hp["cfg"]
     tok = Tokenizer(quantizer=cfg["quantizer"], **cfg["tokenizer"])

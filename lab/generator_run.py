@@ -64,10 +64,12 @@ def _ckpt_in(path: Path) -> Path:
 def load_tokenizer(path: str | Path):
     """A TokenizerModule from a checkpoint or a run directory (strict: a shape mismatch is an error)."""
     from lab.modules import TokenizerModule
+    from lab.safety import load_checkpoint
 
     ckpt = _ckpt_in(Path(path))
     try:
-        module = TokenizerModule.load_from_checkpoint(str(ckpt), map_location="cpu", strict=True)
+        load_checkpoint(ckpt)  # weights_only: a crafted file is a ConfigError before Lightning reads it
+        module = TokenizerModule.load_from_checkpoint(str(ckpt), map_location="cpu", strict=True, weights_only=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"The tokenizer checkpoint {ckpt} does not match its configuration: {first}") from None
@@ -120,7 +122,7 @@ def cache_features(module: GeneratorModule, dm, tdir: Path, cfg: DictConfig) -> 
     key = _hash({"data": to_dict(cfg["data"]), "size": cfg["loader"]["image_size"]})
     path = tdir / "features" / f"{key}.pt"
     if path.is_file():
-        feats = torch.load(path, map_location="cpu")
+        feats = torch.load(path, map_location="cpu", weights_only=True)
     else:
         feats = {}
         tok = module.tokenizer.eval()
@@ -141,7 +143,7 @@ def cache_text(dm, cfg: DictConfig, key: str) -> dict:
 
     path = runs_root(cfg) / "_text" / f"{key}.pt"
     if path.is_file():
-        return torch.load(path, map_location="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
     out = {split: encode_text(dm.captions(split)) for split in ("train", "validation")}
     atomic_torch_save(out, path)
     return out
@@ -304,7 +306,7 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
     if ckpt:
         check_checkpoint_matches(module, ckpt)
     trainer = build_trainer(cfg, run_dir)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     train_time = time.time() - t0
     train_peak = peak_memory_mb()  # training alone; peak_memory_mb below also covers the evaluation
     metrics: dict[str, Any] = {}

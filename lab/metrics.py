@@ -336,7 +336,7 @@ class FID:
         path = self.cache_dir / f"real-{key}-{imgs.shape[0]}.pt"
         m = self.metric
         if path.exists():
-            delta = torch.load(path, map_location=self.device)
+            delta = torch.load(path, map_location=self.device, weights_only=True)
             self.real_cache_hit = True
         else:
             before = {k: getattr(m, k).clone() for k in self._REAL_STATES}

@@ -94,10 +94,12 @@ def _make_run_dir(cfg: Any) -> tuple[Path, bool]:
 def check_checkpoint_matches(module: pl.LightningModule, ckpt: Path) -> None:
     """Before resuming: the checkpoint's tensors must have exactly the model's names and shapes. A checkpoint
     from another configuration is refused, naming the first differences; it is never loaded non-strictly."""
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    except Exception as e:  # noqa: BLE001 - truncated or foreign file
-        raise ConfigError(f"Cannot read the checkpoint {ckpt} ({type(e).__name__}: {e}).") from None
+    from lab.safety import load_checkpoint
+
+    ckpt_data = load_checkpoint(ckpt)  # weights_only: a crafted file is refused before any of it runs
+    state = ckpt_data.get("state_dict") if isinstance(ckpt_data, dict) else None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{ckpt} is not a Lightning checkpoint (no state_dict).")
     own = module.state_dict()
     problems = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
                 for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
@@ -314,7 +316,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     trainer = build_trainer(cfg, run_dir)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     train_time = time.time() - t0
     train_peak = peak_memory_mb()  # training alone; peak_memory_mb below also covers the evaluation
     metrics: dict[str, Any] = {}
