@@ -25,8 +25,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from lab.safety import check_report
     from lab.sweep_report import write_report
 
+    check_report(args.name, args.overrides, out=args.out, force=args.force)
     write_report(args.name, args.overrides, out=args.out)
 
 
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("name", help="the sweep's experiment path, e.g. ablations/order")
     p.add_argument("overrides", nargs="*", help="the same key=value overrides the sweep ran with (e.g. preset=smoke)")
     p.add_argument("--out", default=None, help="write there (e.g. results/order) instead of runs/NAME/")
+    p.add_argument("--force", action="store_true",
+                   help="replace a report in --out even when it has more finished runs than this one")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("list", help="list the experiments")
     p.set_defaults(func=cmd_list)

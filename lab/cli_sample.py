@@ -36,6 +36,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from lab.generator_run import sample_opts
     from lab.sampling import sample_images
 
+    from lab.safety import check_sample_options
+
+    check_sample_options(cfg=args.cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, n=args.n,
+                         source="--")
     run_dir = Path(args.run_dir)
     if not run_dir.exists():
         raise ConfigError(f"{run_dir} does not exist: give a generator run directory (runs/<NAME>/<run-id>) or checkpoint.")

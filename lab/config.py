@@ -34,10 +34,34 @@ def available_experiments() -> list[str]:
     )
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of a YAML file names one key twice."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (plain YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the parent class reports unhashable keys
+            if key in seen:
+                raise DuplicateKeyError(f"'{key}' at line {line} repeats the '{key}' of line {seen[key]}")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict:
     """YAML -> dict, with the line number of a syntax error."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as e:
+        raise ConfigError(f"Duplicate key in {path}: {e}. YAML would silently keep the last value; keep one.") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -163,7 +187,10 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
 
     ``layer`` (nested dict, e.g. one grid point of a sweep) is merged after the preset and before the command
     line: the preset sets the scale, the swept keys keep their values at every scale."""
+    from lab.safety import check_experiment_name, check_ranges, refuse_unused
+
     name = str(name).removesuffix(".yaml")
+    check_experiment_name(name, EXPERIMENTS)  # a name never reads a YAML outside experiments/
     path = EXPERIMENTS / f"{name}.yaml"
     if not path.is_file():
         avail = available_experiments()
@@ -187,6 +214,14 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
     for node, check in _validators().items():
         if cfg.get(node) is not None:
             check(cfg[node])
+    user = {"the experiment file": exp, layer_source: layer or {}, "the command line": cli}
+    for source, keys in user.items():
+        refuse_unused(keys, cfg["stage"], source)
+    if not cfg.get("sweep") and any("seeds" in keys for keys in user.values()) and cfg.get("seeds") is not None:
+        from lab.safety import check_seeds
+
+        check_seeds(cfg["seeds"], False)  # (the smoke preset's seeds: [0] serves sweeps and is ignored elsewhere)
+    check_ranges(cfg)
     conf = OmegaConf.create(cfg)
     OmegaConf.set_struct(conf, True)
     for node in OPEN_NODES:

@@ -450,6 +450,14 @@ class ImageDataModule(pl.LightningDataModule):
         feat = dd["train"].features["label"]
         self.class_names = list(feat.names) if isinstance(feat, datasets.ClassLabel) else []
         self.splits = {s: TensorImageDataset(dd[s], self.image_size) for s in ("train", "validation")}
+        empty = [s for s, ds in self.splits.items() if len(ds) == 0]
+        if empty:  # found here, before training, not by the final evaluation after it
+            sizes = ", ".join(f"{s} {len(ds)}" for s, ds in self.splits.items())
+            raise DataError(
+                f"data {self.node}: the {' and '.join(empty)} split is empty ({sizes} images): the dataset is too "
+                "small to hold both a training and a validation split. Add images, raise data.val_fraction (the "
+                "share of images held out for validation), or raise data.limit."
+            )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()

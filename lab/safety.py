@@ -53,9 +53,8 @@ def check_component(value: Any, key: str) -> str:
 def check_experiment_name(name: str, experiments: Path) -> None:
     """An experiment name is a path under experiments/ (e.g. ``tokenizer/bsq``): relative, no ``..``, and the
     file it names resolves inside experiments/ (a symlink out of it is refused too)."""
-    parts = Path(name).parts
-    bad = (not name or Path(name).is_absolute() or ".." in parts or "." in parts or "\\" in name
-           or any(not SAFE_COMPONENT.match(p) for p in parts))
+    parts = name.split("/")
+    bad = not name or any(p in ("", ".", "..") or not SAFE_COMPONENT.match(p) for p in parts)
     if not bad:
         try:
             (experiments / f"{name}.yaml").resolve().relative_to(experiments.resolve())
@@ -91,8 +90,9 @@ def check_seeds(seeds: Any, is_sweep: bool) -> None:
             "grid points. For one run use seed=N (or add a sweep: to the YAML)."
         )
     if (not isinstance(seeds, (list, tuple)) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
-        raise ConfigError(f"seeds={seeds!r} is not valid: it must be a non-empty list of integers, e.g. seeds=[0,1,2].")
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds)):
+        raise ConfigError(f"seeds={seeds!r} is not valid: it must be a non-empty list of integers in [0, 2^32), "
+                          "e.g. seeds=[0,1,2].")
     dupes = sorted({s for s in seeds if list(seeds).count(s) > 1})
     if dupes:
         raise ConfigError(
@@ -106,21 +106,24 @@ def check_sample_options(*, cfg: Any = None, temperature: Any = None, top_k: Any
     """Sampling options (lab/sampling.py, lab/heads.py): classifier-free guidance ``cfg`` >= 0 (1: off, 0: the
     unconditional model; below 0 would push away from the condition), ``temperature`` >= 0 (0: greedy),
     ``top_k`` >= 0 (0: off), ``top_p`` in (0, 1] (1: off), ``n`` >= 1 images."""
+    def key(k: str) -> str:  # --top-p on the command line, sample.top_p in a config
+        return source + (k.replace("_", "-") if source == "--" else k)
+
     def num(x: Any) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
     if cfg is not None and (not num(cfg) or cfg < 0):
-        raise ConfigError(f"{source}cfg={cfg!r} is out of range: classifier-free guidance must be a number >= 0 "
+        raise ConfigError(f"{key('cfg')}={cfg!r} is out of range: classifier-free guidance must be a number >= 0 "
                           "(1: no guidance, 0: unconditional, typical 1.5 to 4).")
     if temperature is not None and (not num(temperature) or temperature < 0):
-        raise ConfigError(f"{source}temperature={temperature!r} is out of range: it must be a number >= 0 "
+        raise ConfigError(f"{key('temperature')}={temperature!r} is out of range: it must be a number >= 0 "
                           "(0: greedy, 1: the model's distribution).")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-        raise ConfigError(f"{source}top_k={top_k!r} is out of range: it must be an integer >= 0 (0: no top-k filter).")
+        raise ConfigError(f"{key('top_k')}={top_k!r} is out of range: it must be an integer >= 0 (0: no top-k filter).")
     if top_p is not None and (not num(top_p) or not 0 < top_p <= 1):
-        raise ConfigError(f"{source}top_p={top_p!r} is out of range: it must be in (0, 1] (1: no nucleus filter).")
+        raise ConfigError(f"{key('top_p')}={top_p!r} is out of range: it must be in (0, 1] (1: no nucleus filter).")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ConfigError(f"{source}n={n!r} is out of range: the number of images must be an integer >= 1.")
+        raise ConfigError(f"{key('n')}={n!r} is out of range: the number of images must be an integer >= 1.")
 
 
 def check_ranges(cfg: Mapping) -> None:
@@ -144,11 +147,12 @@ def check_ranges(cfg: Mapping) -> None:
         check_sample_options(cfg=s.get("cfg"), temperature=s.get("temperature"), top_k=s.get("top_k"),
                              top_p=s.get("top_p"))
     seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed={seed!r} is out of range: it must be an integer >= 0.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed!r} is out of range: it must be an integer in [0, 2^32) (numpy's seeds).")
     if cfg.get("run_id") is not None:
         check_component(cfg["run_id"], "run_id")
-    check_seeds(cfg.get("seeds"), bool(cfg.get("sweep")))
+    if cfg.get("sweep"):
+        check_seeds(cfg.get("seeds"), True)
 
 
 # keys of base.yaml that only the generator stage reads: setting one on a tokenizer run would do nothing
@@ -160,10 +164,51 @@ def refuse_unused(set_keys: Mapping, stage: str, source: str) -> None:
     silently ignored otherwise: refuse it."""
     if stage != "tokenizer":
         return
-    used = [k for k in GENERATOR_ONLY if k in set_keys]
+    used = [_dotted(k, set_keys[k]) for k in GENERATOR_ONLY if k in set_keys]
     if used:
         raise ConfigError(
             f"{', '.join(used)} set in {source}, but this is a tokenizer run (stage: tokenizer), which never reads "
             f"{'it' if len(used) == 1 else 'them'}: the generator-stage keys ({', '.join(GENERATOR_ONLY)}) apply to "
             "stage: generator experiments only. Remove it, or run a generator experiment (generator/...)."
+        )
+
+
+def _dotted(key: str, value: Any) -> str:
+    """``generator.size='m'`` for {generator: {size: m}}: the keys as the user typed them."""
+    if isinstance(value, Mapping) and value:
+        return ", ".join(_dotted(f"{key}.{k}", v) for k, v in value.items())
+    return f"{key}={value!r}"
+
+
+def check_report(name: str, overrides: Any = (), out: str | Path | None = None, force: bool = False) -> None:
+    """Before ``python -m lab report``: the suite has runs (a suite that never ran is an error, not an empty
+    table), and a report in ``out`` with more finished runs than this one would have is not replaced by it
+    unless ``force`` (a published table is never overwritten by less)."""
+    import csv
+
+    from lab.run import runs_root
+    from lab.sweep import plan
+
+    suite, jobs = plan(name, list(overrides))
+    sweep_dir = runs_root(suite) / suite["name"]
+    command = " ".join(["python -m lab run", suite["name"], *overrides])
+    if not any(j.run_dir.exists() for j in jobs):
+        raise ConfigError(
+            f"Nothing to report for {suite['name']}: none of its {len(jobs)} runs exists under {sweep_dir} (with "
+            f"overrides {list(overrides) or 'none'}). Run the suite first (`{command}`), or pass the overrides "
+            "it ran with (e.g. preset=smoke)."
+        )
+    if out is None or force:
+        return
+    old_csv = Path(out) / "results.csv"
+    if not old_csv.is_file():
+        return
+    with open(old_csv, newline="") as fh:
+        old_done = sum(row.get("status") == "done" for row in csv.DictReader(fh))
+    new_done = sum((j.run_dir / "metrics.json").is_file() for j in jobs)
+    if new_done < old_done:
+        raise ConfigError(
+            f"Refusing to overwrite the report in {out}: it has {old_done} finished runs, and the runs under "
+            f"{sweep_dir} give only {new_done} of {len(jobs)}. A published result is never replaced by less; rerun "
+            f"or finish the suite (`{command}`), or pass --force to replace it anyway."
         )

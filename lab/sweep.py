@@ -38,6 +38,7 @@ from omegaconf import DictConfig, open_dict
 
 from lab.config import load_experiment, to_dict
 from lab.registry import ConfigError
+from lab.safety import check_component
 
 CASES = "cases"
 # Columns every row has, before the swept values and the metrics.
@@ -102,6 +103,11 @@ def expand(sweep: Mapping | None) -> list[Point]:
                 layer: dict = {}
                 for k, v in case.items():
                     set_dotted(layer, k, v)
+                if _slug(label).strip("."):
+                    check_component(_slug(label), f"sweep.cases[{i}].label")
+                else:  # "." or "..": the point's runs would land in (and share) a parent directory
+                    raise ConfigError(f"sweep.cases[{i}].label={label!r} is not a valid directory name: a label "
+                                      "names the point's directory, so it needs a letter or digit (and is never '.' or '..').")
                 options.append((_slug(label), {"case": label}, layer))
         else:
             for v in values:

@@ -100,3 +100,100 @@ def test_weight_averaging_of_a_generator_is_refused_before_training(tmp_path):
     cfg = load_experiment("generator/c2i_fashion", ["optim.ema_decay=0.999", f"runs_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="tokenizer stage only"):
         preflight(cfg)
+
+
+def _main(capsys, *args: str) -> tuple[int, str]:
+    """``python -m lab ARGS`` in this process (fast: no new interpreter) -> (exit code, stderr)."""
+    from lab.__main__ import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    return e.value.code, capsys.readouterr().err
+
+
+def _one_paragraph(code: int, err: str, *expected: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    # one paragraph, last; anything before it is progress output (e.g. a dataset cache being built)
+    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
+    for e in expected:
+        assert e in errors[0], (e, errors[0])
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["quickstart", "trainer.max_steps=-3"], ["trainer.max_steps=-3", ">= 1"]),
+    (["quickstart", "loader.batch_size=0"], ["loader.batch_size=0", ">= 1"]),
+    (["quickstart", "checkpoint_every_n_steps=-5"], ["checkpoint_every_n_steps=-5", ">= 1"]),
+    (["quickstart", "seed=-1"], ["seed=-1", "[0, 2^32)"]),
+    (["quickstart", "seeds=3"], ["seeds=3", "no `sweep:`"]),
+    (["quickstart", "seeds=[0,1]"], ["seeds=[0, 1]", "no `sweep:`"]),
+    (["ablations/order", "seeds=3"], ["seeds=3", "non-empty list of integers"]),
+    (["ablations/order", "seeds=[]"], ["seeds=[]", "non-empty list"]),
+    (["ablations/order", "seeds=[0,0]"], ["seeds=[0, 0]", "repeats [0]", "distinct"]),
+    (["quickstart", "generator.size=m"], ["generator.size='m'", "tokenizer run", "stage: generator"]),
+    (["quickstart", "head.name=index"], ["head.name='index'", "tokenizer run"]),
+    (["generator/c2i_fashion", "sample.top_p=7"], ["sample.top_p=7", "(0, 1]"]),
+    (["generator/c2i_fashion", "sample.temperature=-1"], ["sample.temperature=-1", ">= 0"]),
+    (["generator/c2i_fashion", "tokenizer_train.max_steps=0"], ["tokenizer_train.max_steps=0", ">= 1"]),
+    # paths stay inside experiments/ and the runs directory
+    (["../../evil"], ["'../../evil'", "inside experiments/"]),
+    (["/etc/passwd"], ["'/etc/passwd'", "inside experiments/"]),
+    (["./quickstart"], ["'./quickstart'", "inside experiments/"]),
+    (["quickstart", "run_id=../../x"], ["run_id='../../x'", "single name"]),
+    (["quickstart", "run_id=/tmp/abs"], ["run_id='/tmp/abs'", "single name"]),
+    (["quickstart", "run_id=a/b"], ["run_id='a/b'", "single name"]),
+    (["quickstart", "run_id=.."], ["run_id='..'", "single name"]),
+])
+def test_out_of_range_values_and_paths_are_one_paragraph_and_write_nothing(args, expected, capsys, tmp_path):
+    runs = tmp_path / "runs"
+    code, err = _main(capsys, "run", *args, "preset=smoke", f"runs_dir={runs}")
+    _one_paragraph(code, err, *expected)
+    assert not runs.exists() and not (tmp_path.parent / "x").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--n", "0"], ["--n=0", ">= 1"]), (["--n", "-2"], ["--n=-2"]), (["--cfg", "-1"], ["--cfg=-1.0", ">= 0"]),
+    (["--temperature", "-1"], ["--temperature=-1.0", ">= 0"]), (["--top-p", "7"], ["--top-p=7.0", "(0, 1]"]),
+    (["--top-p", "0"], ["--top-p=0.0", "(0, 1]"]), (["--top-k", "-3"], ["--top-k=-3", ">= 0"]),
+])
+def test_sample_options_out_of_range(args, expected, capsys, tmp_path):
+    code, err = _main(capsys, "sample", str(tmp_path), *args)  # checked before the run directory is even read
+    _one_paragraph(code, err, *expected)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_duplicate_yaml_key_names_the_key_and_lines(tmp_experiments, capsys, tmp_path):
+    (tmp_experiments / "dup.yaml").write_text("trainer:\n  max_steps: 10\n  log_every_n_steps: 1\n  max_steps: 20\n")
+    code, err = _main(capsys, "run", "dup", f"runs_dir={tmp_path / 'runs'}")
+    _one_paragraph(code, err, "Duplicate key", "'max_steps' at line 4", "line 2")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sweep_labels_never_leave_the_suite_directory(tmp_experiments, capsys, tmp_path):
+    (tmp_experiments / "dots.yaml").write_text("sweep:\n  cases:\n    - {label: '..', seed: 1}\n    - {label: ok, seed: 2}\n")
+    code, err = _main(capsys, "run", "dots", "preset=smoke", f"runs_dir={tmp_path / 'runs'}")
+    _one_paragraph(code, err, "sweep.cases[0].label='..'", "directory name")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_image_folder_too_small_for_a_validation_split_stops_before_training(capsys, tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("BITLAB_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), "red").save(folder / "only.png")
+    runs = tmp_path / "runs"
+    code, err = _main(capsys, "run", "quickstart", "preset=smoke", f"runs_dir={runs}",
+                      f"data={{name: imagefolder, path: {folder}}}")
+    _one_paragraph(code, err, "split is empty", "val_fraction")
+    assert not runs.exists()
+
+
+def test_report_of_a_suite_that_never_ran_is_an_error(capsys, tmp_path):
+    out = tmp_path / "out"
+    code, err = _main(capsys, "report", "ablations/order", "preset=smoke", f"runs_dir={tmp_path / 'runs'}", "--out", str(out))
+    _one_paragraph(code, err, "Nothing to report for ablations/order", "Run the suite first")
+    assert not out.exists()
