@@ -20,6 +20,13 @@ def cmd_run(args: argparse.Namespace) -> None:
         from lab.sweep import run_sweep
 
         run_sweep(args.name, args.overrides)
+        from lab.sweep import incomplete
+
+        missing = incomplete(args.name, args.overrides)
+        if missing:
+            _fail(f"the sweep ended with {len(missing)} run(s) not finished: {', '.join(missing[:10])}"
+                  f"{' ...' if len(missing) > 10 else ''}. The others are in its results; rerun the same command to "
+                  "retry the missing ones (a failed.json marks a run that failed: delete it to retry).", 1)
     else:
         run_experiment(cfg)
 

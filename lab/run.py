@@ -67,6 +67,8 @@ def make_run_dir(cfg: Any) -> tuple[Path, bool]:
 
 
 def _make_run_dir(cfg: Any) -> tuple[Path, bool]:
+    from lab.runlock import check_resume, lock_run
+
     base = runs_root(cfg) / cfg["name"]
     if cfg["resume"]:
         if cfg["run_id"]:
@@ -78,6 +80,8 @@ def _make_run_dir(cfg: Any) -> tuple[Path, bool]:
             run_dir = max(candidates, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime)
         if not (run_dir / "checkpoints" / "last.ckpt").is_file():
             raise ConfigError(f"resume=true but {run_dir}/checkpoints/last.ckpt does not exist.")
+        lock_run(run_dir)  # held until the run ends: a second resume of it (or a sweep) is refused meanwhile
+        check_resume(cfg, run_dir)
         return run_dir, True
     run_id = cfg["run_id"] or f"{datetime.now():%Y%m%d-%H%M%S}-s{cfg['seed']}"
     run_dir = base / str(run_id)
@@ -88,6 +92,7 @@ def _make_run_dir(cfg: Any) -> tuple[Path, bool]:
         n += 1
         run_dir = base / f"{run_id}-{n}"
     run_dir.mkdir(parents=True)
+    lock_run(run_dir)
     return run_dir, False
 
 
@@ -282,11 +287,14 @@ def summary(run_dir: Path, metrics: dict) -> str:
 
 def run_experiment(cfg: DictConfig) -> tuple[Path, dict]:
     """Train and evaluate one run of ``cfg``; return (run directory, final metrics)."""
-    if cfg["stage"] == "generator":
-        from lab.generator_run import run_generator  # noqa: PLC0415 - the generator stage is heavier
+    from lab.runlock import released_after
 
-        return run_generator(cfg)
-    return run_tokenizer(cfg)
+    with released_after():  # the run's lock (lab/runlock.py) is held until here
+        if cfg["stage"] == "generator":
+            from lab.generator_run import run_generator  # noqa: PLC0415 - the generator stage is heavier
+
+            return run_generator(cfg)
+        return run_tokenizer(cfg)
 
 
 def seed_all(cfg: Any) -> None:

@@ -189,6 +189,8 @@ def check_report(name: str, overrides: Any = (), out: str | Path | None = None, 
     from lab.run import runs_root
     from lab.sweep import plan
 
+    from lab.runlock import check_not_stale
+
     suite, jobs = plan(name, list(overrides))
     sweep_dir = runs_root(suite) / suite["name"]
     command = " ".join(["python -m lab run", suite["name"], *overrides])
@@ -198,6 +200,7 @@ def check_report(name: str, overrides: Any = (), out: str | Path | None = None, 
             f"overrides {list(overrides) or 'none'}). Run the suite first (`{command}`), or pass the overrides "
             "it ran with (e.g. preset=smoke)."
         )
+    check_not_stale(jobs)
     if out is None or force:
         return
     old_csv = Path(out) / "results.csv"

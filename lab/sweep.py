@@ -17,7 +17,9 @@ tokenizer's seed is ``tokenizer_train.seed``, not the generator's.
 
 Re-running a sweep skips runs with a ``metrics.json``, resumes runs with a ``checkpoints/last.ckpt`` and moves a
 run directory with neither aside (nothing is deleted). Two invocations of one sweep at once (e.g. one per
-core with ``OMP_NUM_THREADS=1``) share its runs: each run is claimed by a ``.s<seed>.lock`` file. At the end it writes ``runs/<NAME>/results.csv`` (one
+core with ``OMP_NUM_THREADS=1``) share its runs: each run is claimed by its run lock (``.s<seed>.lock``,
+lab/runlock.py). A finished run whose ``config.yaml`` differs from its point's config now is an error, never
+reported as this sweep's. At the end it writes ``runs/<NAME>/results.csv`` (one
 row per run), ``results.md`` (mean +- std over seeds) and ``plots/*.png`` (``report.plots`` of the YAML);
 ``python -m lab report NAME [--out DIR]`` rebuilds them from the runs without training.
 """
@@ -26,7 +28,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from omegaconf import DictConfig, open_dict
 
 from lab.config import load_experiment, to_dict
 from lab.registry import ConfigError
+from lab.runlock import holder, unlock
 from lab.safety import check_component
 
 CASES = "cases"
@@ -183,10 +185,13 @@ def _fmt_time(s: float) -> str:
 
 def run_sweep(name: str, overrides: Sequence[str] = ()) -> Path:
     """Train and evaluate every run of the suite that is not finished; then write the results. -> sweep dir."""
-    from lab.run import process_rank, run_experiment, runs_root
+    from lab.run import run_experiment, runs_root
     from lab.sweep_report import machine, write_report
 
+    from lab.runlock import check_not_stale
+
     suite, jobs = plan(name, overrides)
+    check_not_stale(jobs)  # before anything is written: no earlier run of other settings passes for this sweep's
     sweep_dir = runs_root(suite) / suite["name"]
     sweep_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
@@ -210,11 +215,11 @@ def run_sweep(name: str, overrides: Sequence[str] = ()) -> Path:
         cfg = job.cfg
         claim = _claim(job.run_dir)
         if claim is None or (job.run_dir / "metrics.json").is_file():
-            if claim is not None and process_rank() == 0:
-                claim.unlink(missing_ok=True)
+            if claim is not None:
+                unlock(job.run_dir)
             print(f"[sweep {suite['name']}] run {job.point.label} seed {job.seed}: "
                   + ("finished meanwhile by another invocation" if claim is not None else
-                     "being trained by another invocation; skipped here"), flush=True)
+                     f"being trained by another invocation ({holder(job.run_dir)}); skipped here"), flush=True)
             continue
         try:
             if (job.run_dir / "checkpoints" / "last.ckpt").is_file():
@@ -243,9 +248,9 @@ def run_sweep(name: str, overrides: Sequence[str] = ()) -> Path:
                 continue
             done_times.append(time.time() - t0)
         finally:
-            if process_rank() == 0:
-                claim.unlink(missing_ok=True)
-    print(f"[sweep {suite['name']}] all {len(jobs)} runs finished in {_fmt_time(time.time() - t_start)}")
+            unlock(job.run_dir)
+    n_done = sum((j.run_dir / "metrics.json").is_file() for j in jobs)
+    print(f"[sweep {suite['name']}] {n_done} of {len(jobs)} runs finished; this invocation took {_fmt_time(time.time() - t_start)}")
     manifest.setdefault("invocations", [])
     old = json.loads((sweep_dir / "sweep.json").read_text()).get("invocations", [])
     manifest["invocations"] = old + [{"started": datetime.fromtimestamp(t_start).isoformat(timespec="seconds"),
@@ -257,31 +262,15 @@ def run_sweep(name: str, overrides: Sequence[str] = ()) -> Path:
 
 
 def _claim(run_dir: Path) -> Path | None:
-    """Claim a run for this process (``.s<seed>.lock`` beside it): two invocations of one sweep share the work
-    instead of training the same run twice. A claim whose process is gone is taken over. None: claimed."""
+    """Claim a run for this process: the run's own lock (lab/runlock.py, a ``flock`` on ``.s<seed>.lock`` beside
+    it, which the OS releases with its process: a dead or PID-reused holder never blocks it). Two invocations of
+    one sweep thus share the work instead of training the same run twice. -> the lock file; None: claimed."""
     from lab.run import process_rank
+    from lab.runlock import lock_path, try_lock
 
-    lock = run_dir.with_name(f".{run_dir.name}.lock")
     if process_rank() > 0:  # the other ranks of a multi-process run follow rank 0's claim
-        return lock
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-                os.kill(pid, 0)
-                return None  # alive (or not ours to signal): someone is training it
-            except ProcessLookupError:
-                lock.unlink(missing_ok=True)  # stale: its process died
-            except (ValueError, OSError):
-                return None
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return lock
-    return None
+        return lock_path(run_dir)
+    return lock_path(run_dir) if try_lock(run_dir) else None
 
 
 FAILED = "failed.json"
@@ -303,3 +292,14 @@ def record_failure(run_dir: Path, e: BaseException) -> None:
     kind = "out_of_memory" if not type(e).__name__.startswith("NonFinite") else "non_finite_loss"
     (run_dir / FAILED).write_text(json.dumps({"status": kind, "error": f"{type(e).__name__}: {e}"[:2000]}, indent=2))
 
+
+
+def incomplete(name: str, overrides: Sequence[str] = ()) -> list[str]:
+    """The runs of a suite without a metrics.json, as ``point/s<seed> (status)``."""
+    _, jobs = plan(name, overrides)
+    out = []
+    for j in jobs:
+        if not (j.run_dir / "metrics.json").is_file():
+            status = "failed" if (j.run_dir / FAILED).is_file() else "missing"
+            out.append(f"{j.point.label}/s{j.seed} ({status})")
+    return out

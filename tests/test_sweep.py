@@ -202,8 +202,10 @@ def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_experiments, tmp_
 
 
 def test_concurrent_invocations_share_the_work(tmp_experiments, tmp_path, monkeypatch):
-    """A run claimed by a live process is left to it; a claim whose process died is taken over; claims are
-    released after each run. (run_experiment is a stub: this checks the runner's bookkeeping.)"""
+    """A run whose lock a live process holds is left to it; a lock file whose process died, or whose PID now
+    belongs to another (live) process that does not hold it, is taken over; locks are released after each run.
+    (run_experiment is a stub: this checks the runner's bookkeeping.)"""
+    import os
     import subprocess
     import sys
 
@@ -220,21 +222,26 @@ def test_concurrent_invocations_share_the_work(tmp_experiments, tmp_path, monkey
     monkeypatch.setattr(run_mod, "run_experiment", fake_run)
     args = ["preset=smoke", f"runs_dir={tmp_path / 'runs'}"]
     base = tmp_path / "runs" / "shared"
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    held = base / "learning-rate-0.001" / "s0"
+    live = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from lab.runlock import try_lock\n"
+        f"assert try_lock(Path({str(held)!r})); print('held', flush=True); time.sleep(60)\n")],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     try:
-        for point, pid in (("learning-rate-0.001", live.pid), ("learning-rate-0.002", dead.pid)):
+        assert live.stdout.readline().strip() == "held"
+        # a claim file naming a dead PID, and one naming a live PID (this very process: a reused PID) that holds no lock
+        for point, pid in (("learning-rate-0.002", dead.pid), ("learning-rate-0.003", os.getppid())):
             (base / point).mkdir(parents=True)
-            (base / point / ".s0.lock").write_text(str(pid))
+            (base / point / ".s0.lock").write_text(json.dumps({"pid": pid, "host": "elsewhere"}))
         run_sweep("shared", args)
     finally:
         live.kill()
-    assert calls == [0.002, 0.003]  # the live claim is skipped, the dead one taken over
-    assert (base / "learning-rate-0.001" / ".s0.lock").is_file() and not (base / "learning-rate-0.002" / ".s0.lock").exists()
-    (base / "learning-rate-0.001" / ".s0.lock").unlink()
+        live.wait()
+    assert calls == [0.002, 0.003]  # the held run is skipped, the stale claims taken over
     calls.clear()
-    run_sweep("shared", args)
+    run_sweep("shared", args)  # the holder died: its run is free now
     assert calls == [0.001]
 
 
