@@ -73,12 +73,26 @@ def main(argv: list[str] | None = None) -> None:
     from lab.modules import NonFiniteLossError
     from lab.registry import ConfigError
 
+    from lab import signals
+
+    signals.install()
     try:
         args.func(args)
     except (ConfigError, DataError, NonFiniteLossError) as e:
         _fail(str(e))
-    except KeyboardInterrupt:
-        _fail("interrupted; resume with resume=true", 130)
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Lightning turns Ctrl-C into sys.exit(1) and SIGTERM into SystemExit; lab.signals saw which it was
+        if isinstance(e, SystemExit) and not signals.STOPPED:
+            raise
+        sig = signals.STOPPED.get("signal", "SIGINT")
+        if args.command == "run":
+            from lab.config import load_experiment
+
+            is_sweep = bool(load_experiment(args.name, args.overrides).get("sweep"))
+            msg = signals.resume_hint(args.name, list(args.overrides), is_sweep)
+        else:
+            msg = f"interrupted ({sig}); nothing to resume: run the command again."
+        _fail(msg, 143 if sig == "SIGTERM" else 130)
 
 
 if __name__ == "__main__":

@@ -305,7 +305,9 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
     ckpt = run_dir / "checkpoints" / "last.ckpt" if resuming else None
     if ckpt:
         check_checkpoint_matches(module, ckpt)
-    trainer = build_trainer(cfg, run_dir)
+    from lab.signals import Interruption
+
+    trainer = build_trainer(cfg, run_dir, [Interruption(run_dir)])  # SIGTERM / SIGINT: checkpoint, clean exit
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     train_time = time.time() - t0
     train_peak = peak_memory_mb()  # training alone; peak_memory_mb below also covers the evaluation

@@ -254,7 +254,8 @@ def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) 
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                            auto_insert_metric_name=False)
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last-step", save_last=True,
-                           every_n_train_steps=cfg["checkpoint_every_n_steps"], save_top_k=0)
+                           every_n_train_steps=cfg["checkpoint_every_n_steps"], save_top_k=0,
+                           enable_version_counter=False)  # always last.ckpt, never a stray last-v1.ckpt on resume
     logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="tb", default_hp_metric=False)
     return pl.Trainer(
         **trainer_kw,
@@ -321,7 +322,9 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resuming else None
     if ckpt:
         check_checkpoint_matches(module, Path(ckpt))
-    trainer = build_trainer(cfg, run_dir)
+    from lab.signals import Interruption
+
+    trainer = build_trainer(cfg, run_dir, [Interruption(run_dir)])  # SIGTERM / SIGINT: checkpoint, clean exit
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)

@@ -1,0 +1,94 @@
+"""SIGTERM and SIGINT: a checkpoint at the current step, a clean exit, and the command that resumes.
+
+SIGTERM is what clusters and containers send before they stop a job. During training (``trainer.fit``) the
+``Interruption`` callback replaces Lightning's SIGTERM handler by one that only raises Lightning's flag: the
+training loop then stops after the current batch on every rank at once (Lightning broadcasts rank 0's flag at
+each step), and ``on_exception`` writes ``checkpoints/last.ckpt`` at that step. (Lightning's own handler also
+runs a collective inside the signal handler, which left a multi-process run waiting forever.) Outside training
+``install`` turns SIGTERM into ``Terminated``. SIGINT (Ctrl-C) saves the same checkpoint. ``python -m lab`` then
+prints which run stopped where and the command that resumes it, and exits 143 (SIGTERM) or 130 (SIGINT).
+"""
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+# What stopped, for the message of lab/__main__.py: signal name, run directory, step of the checkpoint.
+STOPPED: dict[str, Any] = {}
+_IN_FIT = [False]
+
+
+class Terminated(SystemExit):
+    """SIGTERM outside training (data preparation, final evaluation): stop now, nothing half-written is kept."""
+
+
+def _outside_fit(signum: int, frame: Any) -> None:
+    if _IN_FIT[0]:
+        return  # training: the Interruption callback's handler has it
+    STOPPED.setdefault("signal", "SIGTERM")
+    raise Terminated(143)
+
+
+def install() -> None:
+    """SIGTERM raises ``Terminated`` (a clean unwind: locks released, temp files not renamed into place)."""
+    signal.signal(signal.SIGTERM, _outside_fit)
+
+
+class Interruption(pl.Callback):
+    """Checkpoint at the current step on SIGTERM / SIGINT; see the module docstring."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _IN_FIT[0] = True
+        connector = getattr(trainer, "_signal_connector", None)
+        if connector is None or not hasattr(connector, "received_sigterm"):
+            return
+
+        def flag(signum: int, frame: Any) -> None:  # no collective here: the loop broadcasts the flag itself
+            connector.received_sigterm = True
+
+        try:
+            signal.signal(signal.SIGTERM, flag)  # (Lightning's teardown restores the handler it found)
+        except ValueError:  # not the main thread
+            pass
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _IN_FIT[0] = False
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        _IN_FIT[0] = False
+        kind = ("SIGTERM" if isinstance(exception, (SIGTERMException, Terminated))
+                else "SIGINT" if isinstance(exception, KeyboardInterrupt) else None)
+        if kind is None:
+            return
+        ckpt = self.run_dir / "checkpoints" / "last.ckpt"
+        step = int(trainer.global_step)
+        if step > 0 and not trainer.sanity_checking:
+            trainer.save_checkpoint(ckpt)  # (atomic: AtomicCheckpointIO) every rank takes part; rank 0 writes
+        elif not ckpt.is_file():
+            step = None
+        STOPPED.update(signal=kind, run_dir=self.run_dir, step=step)
+
+
+def resume_hint(command: str, overrides: list[str], is_sweep: bool) -> str:
+    """The message for an interrupted ``python -m lab run`` (built from its arguments and ``STOPPED``)."""
+    import shlex
+
+    sig = STOPPED.get("signal", "SIGINT")
+    run_dir, step = STOPPED.get("run_dir"), STOPPED.get("step")
+    keep = [o for o in overrides if not o.split("=", 1)[0] in ("resume", "run_id")]
+    where = f" {run_dir} stopped at step {step}, checkpoint saved;" if run_dir is not None and step is not None else ""
+    if is_sweep:
+        cmd = " ".join(["python -m lab run", command, *map(shlex.quote, overrides)])
+        return f"interrupted ({sig});{where} resume with resume=true: rerun `{cmd}` (a sweep resumes its unfinished runs)."
+    if run_dir is None or step is None:
+        return f"interrupted ({sig}) before a checkpoint was written; resume with resume=true once one exists, or start again."
+    cmd = " ".join(["python -m lab run", command, *map(shlex.quote, keep), f"run_id={Path(run_dir).name}", "resume=true"])
+    return f"interrupted ({sig});{where} resume with resume=true: `{cmd}`."
