@@ -418,6 +418,13 @@ class EpochSampler(torch.utils.data.Sampler):
             epoch, done = self._next_epoch, 0
         self._next_epoch = epoch + 1
         perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        world = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+        if world > 1:
+            # multi-process: Lightning's DistributedSamplerWrapper deals position i of this list to rank i % world
+            # and needs all n positions; rotating by the items every rank has trained on resumes each rank where
+            # it stopped (the loop ends the epoch after its remaining batches, before the rotated-in tail)
+            start = done * self.batch_size * world
+            return iter(torch.cat([perm[start:], perm[:start]]).tolist())
         return iter(perm[done * self.batch_size:].tolist())
 
 

@@ -71,7 +71,7 @@ class Interruption(pl.Callback):
         ckpt = self.run_dir / "checkpoints" / "last.ckpt"
         step = int(trainer.global_step)
         if step > 0 and not trainer.sanity_checking:
-            trainer.save_checkpoint(ckpt)  # (atomic: AtomicCheckpointIO) every rank takes part; rank 0 writes
+            trainer.save_checkpoint(ckpt, weights_only=False)  # (atomic: AtomicCheckpointIO) every rank takes part; rank 0 writes
         elif not ckpt.is_file():
             step = None
         STOPPED.update(signal=kind, run_dir=self.run_dir, step=step)
