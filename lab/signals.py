@@ -1,9 +1,9 @@
 """SIGTERM and SIGINT: a checkpoint at the current step, a clean exit, and the command that resumes.
 
 SIGTERM is what clusters and containers send before they stop a job. During training (``trainer.fit``) the
-``Interruption`` callback replaces Lightning's SIGTERM handler by one that only raises Lightning's flag: the
-training loop then stops after the current batch on every rank at once (Lightning broadcasts rank 0's flag at
-each step), and ``on_exception`` writes ``checkpoints/last.ckpt`` at that step. (Lightning's own handler also
+``Interruption`` callback replaces Lightning's SIGTERM handler by one that only notes the signal; at the end of
+each batch the ranks agree (one all-reduce) whether any was signalled, and Lightning's loop then stops every rank
+after that same batch, and ``on_exception`` writes ``checkpoints/last.ckpt`` at that step. (Lightning's own handler also
 runs a collective inside the signal handler, which left a multi-process run waiting forever.) Outside training
 ``install`` turns SIGTERM into ``Terminated``. SIGINT (Ctrl-C) saves the same checkpoint. ``python -m lab`` then
 prints which run stopped where and the command that resumes it, and exits 143 (SIGTERM) or 130 (SIGINT).
@@ -49,13 +49,27 @@ class Interruption(pl.Callback):
         if connector is None or not hasattr(connector, "received_sigterm"):
             return
 
-        def flag(signum: int, frame: Any) -> None:  # no collective here: the loop broadcasts the flag itself
-            connector.received_sigterm = True
+        self._pending = False
+        self._world = int(trainer.world_size)
+
+        def flag(signum: int, frame: Any) -> None:  # no collective in a signal handler
+            self._pending = True
+            if self._world == 1:
+                connector.received_sigterm = True  # one process: stop after this batch (or validation batch)
 
         try:
             signal.signal(signal.SIGTERM, flag)  # (Lightning's teardown restores the handler it found)
         except ValueError:  # not the main thread
             pass
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """Several processes: every rank learns here, at the end of the same batch, whether any was signalled, and
+        Lightning's loop then stops them all after it. (Lightning's own flag is checked per rank, so a signal to
+        rank 0 alone stopped rank 0 while the others waited for it in the next step's all-reduce, forever.)"""
+        if getattr(self, "_world", 1) > 1:
+            if trainer.strategy.reduce_boolean_decision(bool(self._pending), all=False):
+                trainer._signal_connector.received_sigterm = True
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         _IN_FIT[0] = False

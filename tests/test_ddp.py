@@ -84,3 +84,46 @@ def test_cpu_processes_share_the_cores(monkeypatch):
         assert share_cpu_threads({"accelerator": "cpu", "devices": 2}) is None
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_two_process_run_checkpoints_and_both_exit_then_it_resumes(tmp_path):
+    """SIGTERM to rank 0 of a DDP run (what a cluster sends first): every rank stops after the same step, the
+    checkpoint is written, both processes exit within 60 s (143) naming the resume command; the resume, which
+    starts mid-epoch, finishes."""
+    import signal
+    import time
+
+    import torch
+
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "lab", "run", "quickstart", "preset=smoke", f"runs_dir={runs}", "trainer.devices=2",
+           "trainer.strategy=ddp", "trainer.max_steps=24", "checkpoint_every_n_steps=3", "run_id=d"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "BITLAB_RUN_DIR")}
+    env = {**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    ckpt = runs / "quickstart" / "d" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.time()
+        while not ckpt.is_file() and time.time() - t0 < 600 and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        t_sig = time.time()
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+        assert time.time() - t_sig < 60
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    rank0 = [line for line in err.splitlines() if not line.startswith("[rank1]")]
+    assert proc.returncode == 143, "\n".join(rank0[-40:])
+    assert "Traceback" not in err and rank0[-1].startswith("error: interrupted (SIGTERM)"), "\n".join(rank0[-40:])
+    assert "run_id=d resume=true" in rank0[-1]
+    step = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+    assert 3 <= step < 24 and f"stopped at step {step}" in rank0[-1]
+    time.sleep(1)
+    assert subprocess.run(["pgrep", "-f", f"runs_dir={runs}"], capture_output=True).returncode == 1  # no rank left
+
+    r = subprocess.run(cmd + ["resume=true"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((runs / "quickstart" / "d" / "metrics.json").read_text())["steps"] == 24
