@@ -5,7 +5,8 @@ SIGTERM is what clusters and containers send before they stop a job. During trai
 each batch the ranks agree (one all-reduce) whether any was signalled, and Lightning's loop then stops every rank
 after that same batch, and ``on_exception`` writes ``checkpoints/last.ckpt`` at that step. (Lightning's own handler also
 runs a collective inside the signal handler, which left a multi-process run waiting forever.) Outside training
-``install`` turns SIGTERM into ``Terminated``. SIGINT (Ctrl-C) saves the same checkpoint. ``python -m lab`` then
+``install`` turns SIGTERM into ``Terminated``. SIGINT (Ctrl-C) during training does the same (a second Ctrl-C
+stops at once, keeping the last periodic checkpoint). ``python -m lab`` then
 prints which run stopped where and the command that resumes it, and exits 143 (SIGTERM) or 130 (SIGINT).
 """
 from __future__ import annotations
@@ -49,16 +50,21 @@ class Interruption(pl.Callback):
         if connector is None or not hasattr(connector, "received_sigterm"):
             return
 
-        self._pending = False
+        self._pending, self._signal = False, None
         self._world = int(trainer.world_size)
 
         def flag(signum: int, frame: Any) -> None:  # no collective in a signal handler
-            self._pending = True
+            if self._pending and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop at once (no checkpoint of a half-done step)
+            self._pending, self._signal = True, signal.Signals(signum).name
+            if signum == signal.SIGINT:
+                print("\ninterrupt: stopping after this batch with a checkpoint (Ctrl-C again to stop at once)", flush=True)
             if self._world == 1:
                 connector.received_sigterm = True  # one process: stop after this batch (or validation batch)
 
-        try:
-            signal.signal(signal.SIGTERM, flag)  # (Lightning's teardown restores the handler it found)
+        try:  # (Lightning's teardown restores the handlers it found)
+            signal.signal(signal.SIGTERM, flag)
+            signal.signal(signal.SIGINT, flag)  # a KeyboardInterrupt mid-step would leave a half-updated state
         except ValueError:  # not the main thread
             pass
 
@@ -78,11 +84,13 @@ class Interruption(pl.Callback):
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 
         _IN_FIT[0] = False
-        kind = ("SIGTERM" if isinstance(exception, (SIGTERMException, Terminated))
-                else "SIGINT" if isinstance(exception, KeyboardInterrupt) else None)
-        if kind is None:
-            return
         ckpt = self.run_dir / "checkpoints" / "last.ckpt"
+        if isinstance(exception, KeyboardInterrupt):  # stopped at once, mid-step: keep the last clean checkpoint
+            STOPPED.update(signal="SIGINT", run_dir=self.run_dir, step=None, kept=ckpt.is_file())
+            return
+        if not isinstance(exception, (SIGTERMException, Terminated)):
+            return
+        kind = getattr(self, "_signal", None) or "SIGTERM"
         step = int(trainer.global_step)
         if step > 0 and not trainer.sanity_checking:
             trainer.save_checkpoint(ckpt, weights_only=False)  # (atomic: AtomicCheckpointIO) every rank takes part; rank 0 writes
@@ -99,6 +107,8 @@ def resume_hint(command: str, overrides: list[str], is_sweep: bool) -> str:
     run_dir, step = STOPPED.get("run_dir"), STOPPED.get("step")
     keep = [o for o in overrides if not o.split("=", 1)[0] in ("resume", "run_id")]
     where = f" {run_dir} stopped at step {step}, checkpoint saved;" if run_dir is not None and step is not None else ""
+    if run_dir is not None and step is None and STOPPED.get("kept"):
+        where, step = f" {run_dir} stopped mid-step; its last periodic checkpoint is kept;", "last"
     if is_sweep:
         cmd = " ".join(["python -m lab run", command, *map(shlex.quote, overrides)])
         return f"interrupted ({sig});{where} resume with resume=true: rerun `{cmd}` (a sweep resumes its unfinished runs)."

@@ -63,7 +63,7 @@ def test_checkpoint_from_another_configuration_is_refused_and_nothing_is_overwri
     run_dir, _ = run_experiment(load_experiment("quickstart", ["preset=smoke", f"runs_dir={runs}", "run_id=a"]))
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     r = _cli("quickstart", "preset=smoke", "run_id=a", "resume=true", "tokenizer.latent_dim=8", runs=runs)
-    _assert_clear_error(r, "different configuration", "checkpoint (", "vs model (", "config.yaml")
+    _assert_clear_error(r, "different configuration", "tokenizer.latent_dim", "-> 8", "config.yaml")
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
 
     # a tokenizer checkpoint used by a generator that asks for another quantizer
