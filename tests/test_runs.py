@@ -51,7 +51,8 @@ def test_resume_continues_from_the_checkpoint_step(tmp_path):
     assert m1["steps"] == 4
     ck = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ck["global_step"] == 4
-    cfg2 = smoke("quickstart", tmp_path, "run_id=r1", "resume=true", "trainer.max_steps=6", "eval.fid_samples=0")
+    cfg2 = smoke("quickstart", tmp_path, "run_id=r1", "resume=true", "trainer.max_steps=6", "eval.fid_samples=0",
+                 "resume_allow=[trainer.max_steps]")  # a finished run is extended only on purpose
     run_dir2, m2 = run_experiment(cfg2)
     assert run_dir2 == run_dir and m2["steps"] == 6
     ck = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
