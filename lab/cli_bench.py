@@ -12,8 +12,6 @@ import os
 import platform
 from pathlib import Path
 
-import torch
-
 from lab.registry import ConfigError
 
 
@@ -29,6 +27,8 @@ def _cpu_model() -> str:
 
 
 def _header(settings, threads: int) -> dict:
+    import torch  # imported by the command, not at `python -m lab` start-up (list and --help stay instant)
+
     device = settings.device
     name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else _cpu_model()
     return dict(torch=torch.__version__, device=f"{device} ({name})", cpu_count=os.cpu_count(), threads=threads,
@@ -51,6 +51,8 @@ def _section(name: str, doc: dict, markdown: bool) -> str:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    import torch  # imported by the command, not at `python -m lab` start-up (list and --help stay instant)
+
     from lab.bench import PARTS, Settings
 
     names = list(PARTS) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]

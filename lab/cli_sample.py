@@ -5,13 +5,12 @@ import argparse
 import math
 from pathlib import Path
 
-import torch
-import torchvision
-
 from lab.registry import ConfigError
 
 
 def load_generator(run_dir: Path):
+    import torch  # torch and the models load with the command, not at `python -m lab` start-up
+
     from lab.generator import GeneratorModule
     from lab.generator_run import _ckpt_in
     from lab.tokenizer import Tokenizer
@@ -32,6 +31,9 @@ def load_generator(run_dir: Path):
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    import torch  # torch and the models load with the command, not at `python -m lab` start-up
+    import torchvision
+
     from lab.generator_run import sample_opts
     from lab.sampling import sample_images
 
