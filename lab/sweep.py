@@ -247,7 +247,22 @@ def run_sweep(name: str, overrides: Sequence[str] = ()) -> Path:
                                       "machine": machine()}]
     (sweep_dir / "sweep.json").write_text(json.dumps(manifest, indent=2, default=str))
     write_report(name, overrides, out=sweep_dir)
+    print(results_tables(sweep_dir / "results.md"))
     return sweep_dir
+
+
+def results_tables(md_path: Path) -> str:
+    """The markdown tables of a sweep's results.md (what a sweep prints at its end), blocks separated by a line."""
+    blocks, current = [], []
+    for line in (md_path.read_text().splitlines() if md_path.is_file() else []):
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    if current:
+        blocks.append("\n".join(current))
+    return "\n\n".join(blocks)
 
 
 def _claim(run_dir: Path) -> Path | None:
