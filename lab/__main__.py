@@ -75,8 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("list", help="list the experiments: what each answers, and its run time where known")
     p.set_defaults(func=cmd_list)
-    from lab import cli_bench, cli_sample
+    from lab import cli_bench, cli_compare, cli_sample
 
+    cli_compare.register(sub)
     cli_sample.register(sub)
     cli_bench.register(sub)
     args, extra = parser.parse_known_args(argv)

@@ -130,6 +130,7 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
         "data": lambda n: validate(data.DATASETS, n, "data"),
         "tokenizer": lambda n: check_kwargs(tokenizer.Tokenizer, n, "tokenizer", injected=("quantizer",)),
         "trainer": lambda n: check_kwargs(pl.Trainer, n, "trainer"),
+        "logger": _check_loggers,
     }
     try:
         from lab import correction, heads, transformer
@@ -140,6 +141,12 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
     except ImportError:  # the generator stage is optional for tokenizer-only installs
         pass
     return checks
+
+
+def _check_loggers(names: Any) -> None:
+    from lab.tracking import check_loggers
+
+    check_loggers(to_dict(names))
 
 
 def _check_quantizer(node: Mapping[str, Any]) -> None:

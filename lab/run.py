@@ -16,8 +16,7 @@ from typing import Any, Callable
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from lab.config import ROOT, save_config, to_dict
@@ -240,6 +239,9 @@ def share_cpu_threads(trainer_kw: dict) -> int | None:
 
 
 def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) -> pl.Trainer:
+    from lab import quiet
+
+    quiet.install()  # known-harmless warnings and Lightning's tips hidden unless --verbose
     trainer_kw = dict(to_dict(cfg["trainer"]))
     warn_if_cpu_busy(trainer_kw)
     share_cpu_threads(trainer_kw)
@@ -248,11 +250,14 @@ def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) 
                            auto_insert_metric_name=False)
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last-step", save_last=True,
                            every_n_train_steps=cfg["checkpoint_every_n_steps"], save_top_k=0)
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="tb", default_hp_metric=False)
+    from lab.tracking import build_loggers
+
+    loggers = build_loggers(cfg, run_dir)  # `logger:` in the config: tensorboard (default), csv, wandb, mlflow
+    lr = [LearningRateMonitor(logging_interval="step")] if loggers else []
     return pl.Trainer(
         **trainer_kw,
-        logger=logger,
-        callbacks=[best, last, TQDMProgressBar(refresh_rate=10), StepTimer()] + list(extra_callbacks or []),
+        logger=loggers or False,
+        callbacks=[best, last, quiet.ProgressBar(refresh_rate=10), StepTimer()] + lr + list(extra_callbacks or []),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
         enable_model_summary=False,
@@ -391,16 +396,7 @@ def flat_hparams(cfg: Any, prefix: str = "") -> dict:
 
 
 def log_final(trainer: pl.Trainer, cfg: Any, metrics: dict) -> None:
-    """Final metrics as scalars and in TensorBoard's HParams view, so runs can be compared there."""
-    logger = trainer.logger
-    if logger is None:
-        return
-    final = {f"final/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    logger.log_hyperparams(flat_hparams(cfg), final)
-    per = metrics.get("per_scale") or {}
-    for key, values in per.items():
-        if key != "scale":
-            for s, v in zip(per["scale"], values):
-                final[f"final_per_scale/{key}_{s}x{s}"] = float(v)
-    logger.log_metrics(final, step=int(trainer.global_step))
-    logger.finalize("success")
+    """Final metrics as scalars and in TensorBoard's HParams view, one view for every stage (lab/tracking.py)."""
+    from lab.tracking import log_final as log_to_loggers
+
+    log_to_loggers(trainer, cfg, metrics)

@@ -130,6 +130,10 @@ def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
 
 
+# the validation loss of each stage and head, under its own name: reconstruction, bit BCE, index CE
+STAGE_LOSS_TAGS = ("val/recon_loss", "val/bits_bce", "val/index_ce")
+
+
 def read_scalars(tb_dir: Path, tag: str) -> tuple[list[int], list[float]]:
     """(steps, values) of a scalar in a run's TensorBoard event files (last value per step)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -138,7 +142,10 @@ def read_scalars(tb_dir: Path, tag: str) -> tuple[list[int], list[float]]:
         return [], []
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    if tag not in acc.Tags().get("scalars", []):
+    have = acc.Tags().get("scalars", [])
+    if tag == "val/loss" and tag not in have:  # each stage's loss has its own tag (lab/modules.py, lab/generator.py)
+        tag = next((t for t in STAGE_LOSS_TAGS if t in have), tag)
+    if tag not in have:
         return [], []
     by_step = {e.step: e.value for e in acc.Scalars(tag)}
     steps = sorted(by_step)
