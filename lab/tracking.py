@@ -88,8 +88,12 @@ def swept_values(run_dir: Path) -> dict:
 def experiment_of(cfg: Any, run_dir: Path) -> str:
     """The experiment a run belongs to: the suite for a sweep's run, else the config's name."""
     name = str(cfg["name"])
-    if (Path(run_dir).parent.parent / "sweep.json").is_file():
-        return name.rsplit("/", 1)[0]
+    manifest = Path(run_dir).parent.parent / "sweep.json"
+    if manifest.is_file():
+        try:
+            return str(json.loads(manifest.read_text()).get("suite") or name.rsplit("/", 1)[0])
+        except (OSError, json.JSONDecodeError):
+            return name.rsplit("/", 1)[0]
     return name
 
 
