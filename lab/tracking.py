@@ -99,7 +99,12 @@ def experiment_of(cfg: Any, run_dir: Path) -> str:
 
 def run_label(cfg: Any, run_dir: Path) -> str:
     """Readable: experiment, the swept values, the seed (``ablations/order generator.order=raster s1``)."""
+    from lab.config import to_dict
+
+    cfg = cfg if isinstance(cfg, dict) else to_dict(cfg)
     swept = " ".join(f"{k}={v}" for k, v in swept_values(run_dir).items())
+    if str(cfg["name"]).startswith("_tokenizers/"):  # a generator's cached tokenizer stage: say what it is
+        swept = f"data={_get(cfg, 'data.name')} quantizer={_get(cfg, 'quantizer.name')}"
     return " ".join(p for p in (experiment_of(cfg, run_dir), swept, f"s{cfg['seed']}") if p)
 
 
