@@ -22,6 +22,8 @@ HARMLESS_WARNINGS = (
     r"Found \d+ module\(s\) in eval mode at the start of training",
     # the data are decoded once into tensors in memory: loader workers would only add start-up time
     r".*does not have many workers which may be a bottleneck",
+    # a resumed run writes its checkpoints into its own directory again (a new run never reuses one: lab/run.py)
+    r"Checkpoint directory .* exists and is not empty",
     # our EpochSampler resumes mid-epoch exactly, which Lightning cannot see (lab/data.py)
     r".*resuming from a checkpoint that ended before the epoch ended",
 )
