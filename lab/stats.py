@@ -103,13 +103,30 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
 
 def power_paired_t(difference: float, sd: float, n: int, alpha: float = ALPHA) -> float:
     """Probability that a two-sided paired t-test at ``alpha`` with ``n`` pairs rejects when the true mean
-    difference is ``difference`` and the sd of the paired differences is ``sd`` (noncentral t)."""
-    from scipy import stats
+    difference is ``difference`` and the sd of the paired differences is ``sd``: the noncentral t's two tails.
+    Where scipy's ``nct`` returns NaN (1 degree of freedom and a large noncentrality, which 2 seeds at alpha / k
+    need) the same probability is integrated over the chi-distributed sample sd."""
+    from scipy import integrate, stats
 
     df = n - 1
     crit = stats.t.ppf(1 - alpha / 2, df)
     nc = difference * math.sqrt(n) / sd
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    fast = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    if math.isfinite(fast):
+        return fast
+
+    log_norm = (df / 2 - 1) * math.log(2) + math.lgamma(df / 2)
+
+    def reject(x: float) -> float:  # x: sample sd / sd * sqrt(df), chi-distributed with df degrees of freedom
+        if x <= 0:
+            return 0.0
+        c = crit * x / math.sqrt(df)
+        chi_pdf = math.exp((df - 1) * math.log(x) - x * x / 2 - log_norm)
+        tails = 0.5 * math.erfc((c + nc) / math.sqrt(2)) + 0.5 * math.erfc((c - nc) / math.sqrt(2))
+        return chi_pdf * tails
+
+    mode = math.sqrt(max(df - 1, 0))
+    return float(sum(integrate.quad(reject, a, b, limit=200)[0] for a, b in ((0, mode + 1), (mode + 1, math.inf))))
 
 
 def min_detectable_difference(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float | None:
@@ -126,7 +143,7 @@ def min_detectable_difference(sd: float, n: int, alpha: float = ALPHA, power: fl
         hi *= 2
         if hi > 1e7:
             return math.inf
-    d = optimize.brentq(lambda x: power_paired_t(x, 1.0, n, alpha) - power, 0.0, hi, xtol=1e-10)
+    d = optimize.brentq(lambda x: power_paired_t(x, 1.0, n, alpha) - power, 0.0, hi, xtol=1e-7)
     return d * sd
 
 

@@ -175,7 +175,8 @@ def markdown(results: Sequence[MetricVerdicts], baseline: Mapping[str, str]) -> 
         lines += [f"**{mv.metric}** ({better}; Holm over {k} comparison{'s' if k != 1 else ''}; t-interval over n "
                   "seed-paired differences)", ""]
         free = list(mv.groups[0]) if mv.groups else []
-        head = ["case", "baseline", *free, "n pairs", "difference", "95 % CI", "Holm p", "verdict"]
+        head = [", ".join(baseline), "baseline", *(f"within {a}" for a in free), "n pairs", "difference", "95 % CI",
+                "Holm p", "verdict"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         dec = decimals_for([c.test.estimate for c in mv.comparisons]
                            + [x for c in mv.comparisons if c.test.ci for x in c.test.ci], 3)
