@@ -172,6 +172,30 @@ def verdicts_section(suite: DictConfig, rows: Sequence[Mapping], axes: Sequence[
     return markdown(results, baseline)
 
 
+def correlations_section(rows: Sequence[Mapping], specs: Sequence[Mapping]) -> str:
+    """Pearson r with a 95 % percentile bootstrap interval over runs for each ``scatter`` plot of the report."""
+    from lab.stats import HIGHER, LOWER, bootstrap_correlation, direction
+
+    done = [r for r in rows if r.get("status") == "done"]
+    lines = []
+    for spec in specs:
+        if spec.get("kind") != "scatter":
+            continue
+        x, y = spec.get("x"), spec.get("y")
+        pts = [(_num(r.get(x)), _num(r.get(y))) for r in done]
+        pts = [p for p in pts if p[0] is not None and p[1] is not None]
+        c = bootstrap_correlation([p[0] for p in pts], [p[1] for p in pts])
+        side = {HIGHER: "higher is better", LOWER: "lower is better"}
+        signs = f"{x}: {side.get(direction(x), 'no better side')}; {y}: {side.get(direction(y), 'no better side')}"
+        if c.r is None:
+            lines.append(f"- r({x}, {y}): undefined over {c.n} runs (fewer than 3, or one of them constant).")
+        else:
+            ci = f" [{c.ci[0]:.2f}, {c.ci[1]:.2f}]" if c.ci else ""
+            lines.append(f"- Pearson r({x}, {y}) = {c.r:.2f}{ci} over {c.n} runs (95 % percentile bootstrap over "
+                         f"runs, {c.n_boot:,} resamples; {signs}).")
+    return "\n".join(["## Correlations", "", *lines, ""]) if lines else ""
+
+
 def _evaluation_share(done: Sequence[Mapping], wall: float) -> str:
     """The evaluation's share of the summed run wall time, when the runs recorded ``eval_time_s``."""
     ev = [_num(r.get("eval_time_s")) for r in done]
@@ -223,7 +247,8 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
         markdown_table(rows, axes, metrics),
         "",
     ]
-    for section in (verdicts_section(suite, rows, axes), floor_ceiling_table(rows, axes)):
+    for section in (verdicts_section(suite, rows, axes), floor_ceiling_table(rows, axes),
+                    correlations_section(rows, report.get("plots") or [])):
         if section:
             md += [section.rstrip("\n"), ""]
     for p in plots:

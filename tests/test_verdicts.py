@@ -310,3 +310,17 @@ def test_the_sweep_report_has_a_verdicts_table_and_the_floor_and_ceiling(tmp_exp
     assert "## Floor and ceiling" in md and "gfid_normalized" in md.split("## Floor and ceiling")[1]
     assert "528,000" in md and "14,926,479,360" in md and "e+" not in md
     assert "evaluation (FID/KID, floor and ceiling) took 2m00s of it (20 %)" in md and "\n\n\n" not in md
+
+
+def test_the_report_gives_each_scatter_plot_a_bootstrap_interval():
+    from lab.sweep_report import correlations_section
+
+    rows = [{"status": "done", "val_loss": 0.20 + 0.01 * i, "gfid": 100 + 10 * i + NOISE[i % 5]} for i in range(8)]
+    text = correlations_section(rows, [{"kind": "bar", "x": "case", "y": "gfid"},
+                                       {"kind": "scatter", "x": "val_loss", "y": "gfid"}])
+    m = re.search(r"Pearson r\(val_loss, gfid\) = ([\d.]+) \[([\d.-]+), ([\d.-]+)\] over 8 runs", text)
+    assert m, text
+    r, lo, hi = map(float, m.groups())
+    assert r == pytest.approx(np.corrcoef([x["val_loss"] for x in rows], [x["gfid"] for x in rows])[0, 1], abs=0.005)
+    assert lo <= r <= hi and "val_loss: lower is better; gfid: lower is better" in text
+    assert correlations_section(rows, [{"kind": "bar", "x": "case", "y": "gfid"}]) == ""
