@@ -169,7 +169,14 @@ def verdicts_section(suite: DictConfig, rows: Sequence[Mapping], axes: Sequence[
     results = comparisons(rows, axes, baseline, metrics, report.get("directions") or {})
     if not results:
         return "## Verdicts\n\nNone: no finished run has " + " or ".join(metrics or ["a verdict metric"]) + ".\n"
-    return markdown(results, baseline)
+    text = markdown(results, baseline)
+    unfinished = [r for r in rows if r.get("status") != "done"]
+    if unfinished:  # say so above the table: a verdict from part of the grid is not the suite's verdict
+        note = (f"**Incomplete: {len(unfinished)} of {len(rows)} runs have not finished** ("
+                + ", ".join(f"{r['point']}/s{r['seed']} {str(r.get('status')).replace('_', ' ')}" for r in unfinished[:8])
+                + (", ..." if len(unfinished) > 8 else "") + "): the verdicts use the finished seed pairs only.\n\n")
+        text = text.replace("## Verdicts\n\n", "## Verdicts\n\n" + note, 1)
+    return text
 
 
 def correlations_section(rows: Sequence[Mapping], specs: Sequence[Mapping]) -> str:

@@ -310,6 +310,10 @@ def test_the_sweep_report_has_a_verdicts_table_and_the_floor_and_ceiling(tmp_exp
     assert "## Floor and ceiling" in md and "gfid_normalized" in md.split("## Floor and ceiling")[1]
     assert "528,000" in md and "14,926,479,360" in md and "e+" not in md
     assert "evaluation (FID/KID, floor and ceiling) took 2m00s of it (20 %)" in md and "\n\n\n" not in md
+    assert "Incomplete" not in md
+    (jobs[-1].run_dir / "metrics.json").unlink()  # a run not finished: said, and its seed dropped from its pair
+    md = (write_report("syn", args) / "results.md").read_text()
+    assert "**Incomplete: 1 of 6 runs have not finished** (bsc/s2 missing)" in md and "| 2 (1 dropped) |" in md
 
 
 def test_the_report_gives_each_scatter_plot_a_bootstrap_interval():
