@@ -37,11 +37,12 @@ def fmt_auto(x: float | None, significant: int = SIGNIFICANT) -> str:
 
 
 def fmt_mean_sd(mean: float, sd: float | None, n: int, decimals: int, n_expected: int | None = None) -> str:
-    """``mean ± sd``; ``(n seeds)`` when n differs from the row's count ``n_expected`` (or none is given); a single
-    value says "1 seed" instead of an sd."""
+    """``mean ± sd`` with the column's ``decimals`` (more for an sd that would round to 0); ``(n seeds)`` when n
+    differs from the row's count ``n_expected`` (or none is given); a single value says "1 seed", never "± 0"."""
     if n <= 1 or sd is None:
         return f"{fmt(mean, decimals)} (1 seed)"
-    text = f"{fmt(mean, decimals)} ± {fmt(sd, decimals)}"
+    sd_decimals = decimals if sd == 0 else max(decimals, min(MAX_DECIMALS, -math.floor(math.log10(sd))))
+    text = f"{fmt(mean, decimals)} ± {fmt(sd, sd_decimals)}"  # the sd keeps one significant digit
     return text if n_expected is not None and n == n_expected else f"{text} ({n} seeds)"
 
 

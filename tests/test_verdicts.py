@@ -230,6 +230,7 @@ def test_numbers_are_formatted_consistently():
     assert fmt(4e-5, 4) == "< 0.0001" and fmt(-4e-5, 4) == "> -0.0001" and "e" not in fmt(14926479360.0, 0)
     assert fmt_mean_sd(209.21, 2.809, 3, 1, n_expected=3) == "209.2 ± 2.8"
     assert fmt_mean_sd(209.21, 2.809, 2, 1, n_expected=3) == "209.2 ± 2.8 (2 seeds)"
+    assert fmt_mean_sd(0.258, 0.00024, 3, 3, n_expected=3) == "0.258 ± 0.0002"  # not "± 0.000"
 
 
 # --------------------------------------------------------------------------------------- the baseline
