@@ -109,7 +109,7 @@ def markdown_table(rows: Sequence[Mapping], axes: Sequence[str], metrics: Sequen
     """Mean ± sd over seeds per grid point; one number of decimals per column (``lab/numfmt.py``)."""
     done = [r for r in rows if r.get("status") == "done"]
     metrics = [m for m in metrics if any(_num(r.get(m)) is not None for r in done)]
-    head = list(axes) + ["seeds"] + list(metrics)
+    head = list(axes) + ["seeds"] + (list(metrics) or ["status"])  # status: where no run has finished
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups = group_rows(rows)
     stats = {(label, m): mean_std(r.get(m) for r in g if r.get("status") == "done") for label, g in groups.items() for m in metrics}
@@ -120,6 +120,8 @@ def markdown_table(rows: Sequence[Mapping], axes: Sequence[str], metrics: Sequen
         if not group:  # every seed failed or has not run: say which
             statuses = sorted({str(r.get("status")) for r in group_all})
             cells += [", ".join(statuses).replace("_", " ")] + [""] * (len(metrics) - 1)
+        elif not metrics:
+            cells.append("done")
         else:
             for m in metrics:
                 ms = stats[(label, m)]
