@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from lab.metrics import InceptionFeatures, _mean_cov, fid_cache_dir, frechet_distance
+from lab.metrics import InceptionFeatures, _mean_cov, fid_cache_dir
 from lab.registry import ConfigError
 
 MIN_SAMPLES = 10  # below this FID and KID mean nothing: refused
@@ -57,6 +57,7 @@ class FeatureSet:
     features: Tensor
     key: str
     _stats: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
+    _sqrt: Tensor | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
@@ -67,6 +68,18 @@ class FeatureSet:
             f = self.features.double()
             self._stats = _mean_cov(f.sum(0), f.T @ f, self.n)
         return self._stats
+
+    def sqrt_cov(self) -> Tensor:
+        """The symmetric square root of the covariance (cached: a reference's is reused by every FID against it)."""
+        if self._sqrt is None:
+            import scipy.linalg
+
+            sigma = self.stats()[1]
+            # LAPACK's relatively robust representations driver: ~8x faster than torch.linalg.eigh's on 2048x2048
+            w, v = scipy.linalg.eigh(((sigma + sigma.T) / 2).numpy(), driver="evr")
+            w, v = torch.from_numpy(w), torch.from_numpy(v)
+            self._sqrt = (v * w.clamp_min(0).sqrt()) @ v.T
+        return self._sqrt
 
     def subset(self, idx: Tensor) -> "FeatureSet":
         """Rows ``idx`` (a resample for the noise study); its key names the parent and the rows."""
@@ -126,11 +139,17 @@ def reference(images: Tensor, *, split: str, data: str = "", limit: int | None =
 
 
 # ------------------------------------------------------------------------------------------------ FID and KID
-def fid(a: FeatureSet, b: FeatureSet) -> float:
-    """The Frechet distance between the two sets' Gaussians (``lab.metrics.frechet_distance``)."""
-    if a.n < 2 or b.n < 2:
-        raise ValueError(f"FID needs at least 2 images per set, got {a.n} and {b.n}")
-    return max(frechet_distance(*a.stats(), *b.stats()), 0.0)  # a set against itself: ~-1e-5 of round-off
+def fid(ref: FeatureSet, other: FeatureSet) -> float:
+    """The Frechet distance between the two sets' Gaussians, ``lab.metrics.frechet_distance``'s formula
+    ``|mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr (R S2 R)^(1/2)`` with ``R = S1^(1/2)`` of ``ref`` computed once per
+    reference (one 2048x2048 eigenproblem per FID instead of two)."""
+    if ref.n < 2 or other.n < 2:
+        raise ValueError(f"FID needs at least 2 images per set, got {ref.n} and {other.n}")
+    (mu1, s1), (mu2, s2), root = ref.stats(), other.stats(), ref.sqrt_cov()
+    inner = root @ s2 @ root
+    tr_sqrt = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum()
+    d = float((mu1 - mu2).square().sum() + s1.trace() + s2.trace() - 2 * tr_sqrt)
+    return max(d, 0.0)  # a set against itself: ~-1e-5 of round-off
 
 
 def _poly_mmd(x: Tensor, y: Tensor, degree: int, coef: float) -> float:

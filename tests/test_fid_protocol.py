@@ -148,3 +148,35 @@ def test_the_config_check_refuses_evaluations_too_small(override, key):
     with pytest.raises(ConfigError, match=key):
         load_experiment("quickstart", [override])
     load_experiment("quickstart", ["eval.fid_samples=0", "eval.fid_reference_limit=null"])  # off / whole split: fine
+
+
+def test_noise_study_writes_a_csv_and_report_from_cached_features(tmp_path, monkeypatch):
+    """`python -m lab noise` at a tiny size (stand-in features: the statistics, the resampling and the files are
+    under test, not Inception): one row per N, sd over resamples, the command and the machine in report.md."""
+    import csv
+
+    from lab.__main__ import main
+
+    calls = []
+
+    def fake_inception(images, **kw):
+        calls.append(images.shape[0])
+        return images.float().mean(1)[:, 8:24:4, 8:24:4].flatten(1) / 255  # 16 central pixels as "features"
+
+    monkeypatch.setattr(P, "fid_cache_dir", lambda: tmp_path / "fid")
+    monkeypatch.setattr(P, "inception_features", fake_inception)
+    out = tmp_path / "noise"
+    args = ["noise", "--data", "fashion_mnist", "--data-limit", "96", "--sizes", "10,20,40,500", "--resamples", "4",
+            "--reference-limit", "64", "--kid-subsets", "5", "--out", str(out)]
+    monkeypatch.setattr("sys.argv", ["lab", *args])  # what report.md quotes as the command
+    main(args)
+    assert calls == [64, 96]  # the reference and the pool (the largest N, capped at the split), once each
+    rows = list(csv.DictReader(open(out / "fashion_mnist.csv")))
+    assert [int(r["n"]) for r in rows] == [10, 20, 40] and {r["set"] for r in rows} == {"real (validation)"}
+    fid = [float(r["fid_mean"]) for r in rows]
+    assert all(float(r["fid_sd"]) >= 0 and int(r["resamples"]) == 4 for r in rows)
+    assert fid[0] > fid[-1] > 0  # FID's small-N bias: larger at N = 10 than at N = 40
+    text = (out / "report.md").read_text()
+    assert "python -m lab noise --data fashion_mnist" in text and "| real (validation) | 20 | 4 |" in text
+    main(args)  # again: every feature from the cache
+    assert calls == [64, 96]
