@@ -110,13 +110,17 @@ def _rfid(recon_feats: Tensor, real: Tensor, val_loader: Any, protocol: Mapping 
     kid_kw = {"kid_subsets": opts["kid_subsets"], "kid_subset_size": opts["kid_subset_size"]}
     split = getattr(val_loader, "dataset", None)
     images = getattr(split, "images", None)
+    what = f"the floor: {real.shape[0]} validation images"
     if images is None:  # a plain iterable of batches: the evaluated images are all there is
         images, name = real, "validation (the evaluated images)"
+        floor_feats = P.features_of(real, device=device, what=what)
     else:
         name = "validation"
+        floor_feats = P.prefix_features(images, real.shape[0], device=device, what=what)
+        if floor_feats.key != P.images_key(real):  # not the split's first images (a shuffled loader): by value
+            floor_feats = P.features_of(real, device=device, what=what)
     ref, info = P.reference(images, split=name, limit=opts["fid_reference_limit"], device=device)
-    floor = P.cached_score(P.features_of(real, device=device, what=f"the floor: {real.shape[0]} validation images"),
-                           ref, **kid_kw)
+    floor = P.cached_score(floor_feats, ref, **kid_kw)
     main = P.score(P.FeatureSet(recon_feats, "reconstructed"), ref, **kid_kw)
     return P.protocol_metrics("rfid", "rkid", main, info, floor=floor, kid_subsets=opts["kid_subsets"])
 

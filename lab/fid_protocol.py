@@ -121,6 +121,27 @@ def features_of(images: Tensor, *, device: Any = "cpu", what: str = "", cache: b
     return FeatureSet(feats, key)
 
 
+def prefix_features(images: Tensor, n: int, *, device: Any = "cpu", what: str = "") -> FeatureSet:
+    """Features of ``images[:n]`` (a split in its fixed order: the held-out images of a floor, the noise study's
+    pool) from one growing cache entry per split, ``features/prefix-<hash of the whole split>.pt``: a floor at
+    N = 500 and a later one at N = 2000, or the noise study's pool, compute each image once."""
+    u8 = to_uint8(images).cpu()
+    n = min(int(n), u8.shape[0])
+    from lab.run import atomic_torch_save, exclusive
+
+    path = fid_cache_dir() / "features" / f"prefix-{images_key(u8)}.pt"
+    with exclusive(path.with_name(path.name + ".lock"), waiting=f"waiting for another process computing {path}"):
+        have = torch.load(path, map_location="cpu").float() if path.is_file() else None
+        m = 0 if have is None else have.shape[0]
+        if m < n:
+            if n - m > 1000:
+                print(f"computing the Inception features of {n - m} images ({what}), cached in {path}", flush=True)
+            new = inception_features(u8[m:n], device=device, what=what)
+            have = new if have is None else torch.cat([have, new])
+            atomic_torch_save(have, path)
+    return FeatureSet(have[:n].clone(), images_key(u8[:n]))
+
+
 def reference_subset(n_total: int, limit: int | None, seed: int = 0) -> Tensor:
     """Indices of the reference: every image, or a seeded random subset of ``limit`` in increasing order."""
     if limit is None or limit >= n_total:

@@ -259,8 +259,8 @@ def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> dict:
         gen_time, inc_time = gen_time + t1 - t0, inc_time + time.perf_counter() - t1
         seen += take
     fake = P.FeatureSet(torch.cat(feats), "generated")
-    floor = P.cached_score(P.features_of(dm.splits["validation"].images[:seen], device=device,
-                                         what=f"the floor: {seen} validation images"), ref, **kid_kw)
+    floor = P.cached_score(P.prefix_features(dm.splits["validation"].images, seen, device=device,
+                                             what=f"the floor: {seen} validation images"), ref, **kid_kw)
     rand = P.random_code_images(module.tokenizer, seen, device=device)
     ceiling = P.cached_score(P.features_of(rand, device=device, what=f"the ceiling: {seen} random-code images"),
                              ref, **kid_kw)

@@ -103,6 +103,13 @@ def _uncached(images: torch.Tensor) -> int:
     return 0 if path.is_file() else int(images.shape[0])
 
 
+def _uncached_prefix(split: torch.Tensor, n: int) -> int:
+    """How many of ``split[:n]`` the split's prefix cache lacks."""
+    path = P.fid_cache_dir() / "features" / f"prefix-{P.images_key(split)}.pt"
+    have = torch.load(path, map_location="cpu").shape[0] if path.is_file() else 0
+    return max(0, n - have)
+
+
 def run_study(args: argparse.Namespace) -> Path:
     from lab.data import ImageDataModule
 
@@ -122,21 +129,22 @@ def run_study(args: argparse.Namespace) -> Path:
         raise ConfigError(f"--sizes {args.sizes}: none lies between {P.MIN_SAMPLES} and the pool of {pool_n} "
                           f"held-out images ({args.data} has {len(val)} validation images).")
     idx = P.reference_subset(len(train), args.reference_limit)
-    need = _uncached(train[idx]) + _uncached(val[:pool_n]) + len(run_dirs) * max(sizes)
+    run_n = min(args.run_samples or max(sizes), pool_n)
+    need = _uncached(train[idx]) + _uncached_prefix(val, pool_n) + len(run_dirs) * run_n
     print(f"noise study on {args.data}: reference {idx.numel()} of {len(train)} training images, pool {pool_n} "
           f"validation images, N = {sizes}, {args.resamples} resamples; Inception needed for {need} images "
           f"(~{need / IMAGES_PER_S / 60:.0f} min at {IMAGES_PER_S} images/s on 2 cores)", flush=True)
     t_start = time.perf_counter()
     t0 = time.perf_counter()
     ref, ref_info = P.reference(train, split="train", data=args.data, limit=args.reference_limit)
-    pool = P.features_of(val[:pool_n], what=f"{args.data} validation (noise-study pool)")
+    pool = P.prefix_features(val, pool_n, what=f"{args.data} validation (noise-study pool)")
     features_s = time.perf_counter() - t0
     kw = {"kid_subsets": args.kid_subsets, "kid_subset_size": args.kid_subset_size}
     rows = resample_scores(pool, ref, sizes, args.resamples, label="real (validation)", **kw)
     runs_meta = []
     for r in run_dirs:
         t0 = time.perf_counter()
-        imgs = generate(r, dm, max(sizes))
+        imgs = generate(r, dm, run_n)
         gen_s = time.perf_counter() - t0
         feats = P.features_of(imgs, what=f"samples of {r}", cache=False)
         runs_meta.append({"run": str(r), "n": int(imgs.shape[0]), "generate_s": gen_s,
@@ -233,6 +241,8 @@ def register(sub) -> None:
     p.add_argument("--kid-subsets", type=int, default=100)
     p.add_argument("--kid-subset-size", type=int, default=1000)
     p.add_argument("--run", action="append", default=None, help="a generator run directory: resample its own samples")
+    p.add_argument("--run-samples", type=int, default=None,
+                   help="samples generated per --run (default: the largest N); resampled like the real pool")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=64, help="generation batch (with --run)")
     p.add_argument("--data-limit", type=int, default=None, help="data.limit (tests: a tiny study)")

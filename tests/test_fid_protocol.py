@@ -109,9 +109,15 @@ def test_features_and_scores_are_cached_by_the_exact_images(tmp_path, monkeypatc
     other = imgs[:12].clone()
     other[0, 0, 0, 0] ^= 1  # one pixel differs: another entry
     assert P.features_of(other).key != f1.key and calls == [30, 12, 12]
+    # a split's prefix: the floor at N = 5, then at N = 20, computes each image once, keyed like features_of
+    p5 = P.prefix_features(imgs, 5)
+    p20 = P.prefix_features(imgs, 20)
+    assert calls[-2:] == [5, 15] and p20.key == P.images_key(imgs[:20]) and p5.key == P.images_key(imgs[:5])
+    assert torch.equal(p20.features[:5], p5.features) and P.prefix_features(imgs, 12).key == f1.key
+    calls.clear()
     s1 = P.cached_score(f1, ref, kid_subsets=3, kid_subset_size=10)
     s2 = P.cached_score(f1, ref, kid_subsets=3, kid_subset_size=10)
-    assert s1 == s2 and len(list((tmp_path / "scores").glob("*.json"))) == 1
+    assert s1 == s2 and len(list((tmp_path / "scores").glob("*.json"))) == 1 and calls == []
     assert set(s1) == {"fid", "kid", "kid_std", "n", "kid_subset_size"} and s1["n"] == 12
 
 
