@@ -110,7 +110,7 @@ def _uncached_prefix(split: torch.Tensor, n: int) -> int:
     return max(0, n - have)
 
 
-def run_study(args: argparse.Namespace) -> Path:
+def run_study(args: argparse.Namespace) -> Path | None:
     from lab.data import ImageDataModule
 
     run_dirs = [Path(r) for r in args.run or []]
@@ -130,13 +130,18 @@ def run_study(args: argparse.Namespace) -> Path:
                           f"held-out images ({args.data} has {len(val)} validation images).")
     idx = P.reference_subset(len(train), args.reference_limit)
     run_n = min(args.run_samples or max(sizes), pool_n)
-    need = _uncached(train[idx]) + _uncached_prefix(val, pool_n) + len(run_dirs) * run_n
+    need = _uncached(train[idx])
+    if not args.reference_only:
+        need += _uncached_prefix(val, pool_n) + len(run_dirs) * run_n
     print(f"noise study on {args.data}: reference {idx.numel()} of {len(train)} training images, pool {pool_n} "
           f"validation images, N = {sizes}, {args.resamples} resamples; Inception needed for {need} images "
           f"(~{need / IMAGES_PER_S / 60:.0f} min at {IMAGES_PER_S} images/s on 2 cores)", flush=True)
     t_start = time.perf_counter()
     t0 = time.perf_counter()
     ref, ref_info = P.reference(train, split="train", data=args.data, limit=args.reference_limit)
+    if args.reference_only:  # warm the cache before a suite: its first run then pays only for its own images
+        print(f"cached the reference: {ref_info} ({time.perf_counter() - t0:.0f} s)")
+        return None
     pool = P.prefix_features(val, pool_n, what=f"{args.data} validation (noise-study pool)")
     features_s = time.perf_counter() - t0
     kw = {"kid_subsets": args.kid_subsets, "kid_subset_size": args.kid_subset_size}
@@ -248,6 +253,9 @@ def register(sub) -> None:
     p.add_argument("--data-limit", type=int, default=None, help="data.limit (tests: a tiny study)")
     p.add_argument("--keep-other-sets", action=argparse.BooleanOptionalAction, default=True,
                    help="keep the rows of sets this invocation does not recompute (e.g. another run's)")
+    p.add_argument("--reference-only", action="store_true",
+                   help="only compute and cache the reference (the one generator runs with the same data and "
+                        "eval.fid_reference_limit use), then stop")
     p.add_argument("--out", default="results/eval_noise")
     p.set_defaults(func=cmd_noise)
 
