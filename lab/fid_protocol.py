@@ -29,6 +29,7 @@ from torch import Tensor
 from lab.metrics import InceptionFeatures, _mean_cov, fid_cache_dir
 from lab.registry import ConfigError
 
+CHUNK = 512  # images per saved step of a growing feature cache
 MIN_SAMPLES = 10  # below this FID and KID mean nothing: refused
 FULL_RANK = 2048  # the Inception feature width: fewer images give a rank-deficient covariance, FID biased upwards
 DEFAULTS = {"fid_reference_limit": None, "kid_subsets": 100, "kid_subset_size": 1000}
@@ -136,27 +137,42 @@ def prefix_features(images: Tensor, n: int, *, device: Any = "cpu", what: str = 
         if m < n:
             if n - m > 1000:
                 print(f"computing the Inception features of {n - m} images ({what}), cached in {path}", flush=True)
-            new = inception_features(u8[m:n], device=device, what=what)
-            have = new if have is None else torch.cat([have, new])
-            atomic_torch_save(have, path)
+            # saved every CHUNK images: an interrupted computation (a killed run, a sweep stopped) keeps its progress
+            for start in range(m, n, CHUNK):
+                new = inception_features(u8[start:min(start + CHUNK, n)], device=device, what=what)
+                have = new if have is None else torch.cat([have, new])
+                atomic_torch_save(have, path)
     return FeatureSet(have[:n].clone(), images_key(u8[:n]))
 
 
+def reference_permutation(n_total: int, seed: int = 0) -> Tensor:
+    """The fixed seeded order in which a split's images enter a limited reference."""
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
+
+
 def reference_subset(n_total: int, limit: int | None, seed: int = 0) -> Tensor:
-    """Indices of the reference: every image, or a seeded random subset of ``limit`` in increasing order."""
+    """Indices of the reference: every image, or the first ``limit`` of ``reference_permutation``."""
     if limit is None or limit >= n_total:
         return torch.arange(n_total)
-    g = torch.Generator().manual_seed(seed)
-    return torch.randperm(n_total, generator=g)[:limit].sort().values
+    return reference_permutation(n_total, seed)[:limit]
 
 
 def reference(images: Tensor, *, split: str, data: str = "", limit: int | None = None, device: Any = "cpu"
               ) -> tuple[FeatureSet, dict]:
     """The reference features of a real split (``images``: all of it, uint8) and what metrics.json records of it:
     ``{"split", "count", "of"[, "data"]}``."""
-    idx = reference_subset(images.shape[0], limit)
-    info = {"split": split, "count": int(idx.numel()), "of": int(images.shape[0])} | ({"data": data} if data else {})
-    return features_of(images[idx], device=device, what=f"{data} {split} (reference)".strip()), info
+    n_total = images.shape[0]
+    if limit is None or limit >= n_total:
+        idx = torch.arange(n_total)
+        feats = features_of(images, device=device, what=f"{data} {split} (reference)".strip())
+    else:
+        # the first ``limit`` images of one fixed seeded permutation of the split, from a growing cache: a reference
+        # of 5,000 images is the start of the one of 10,000, so raising the limit computes only the new images
+        perm = reference_permutation(n_total)
+        idx = perm[:limit]
+        feats = prefix_features(images[perm], limit, device=device, what=f"{data} {split} (reference)".strip())
+    info = {"split": split, "count": int(idx.numel()), "of": int(n_total)} | ({"data": data} if data else {})
+    return feats, info
 
 
 # ------------------------------------------------------------------------------------------------ FID and KID

@@ -130,7 +130,10 @@ def run_study(args: argparse.Namespace) -> Path | None:
                           f"held-out images ({args.data} has {len(val)} validation images).")
     idx = P.reference_subset(len(train), args.reference_limit)
     run_n = min(args.run_samples or max(sizes), pool_n)
-    need = _uncached(train[idx])
+    if idx.numel() < len(train):  # a limited reference: a prefix of a fixed permutation, cached as it grows
+        need = _uncached_prefix(train[P.reference_permutation(len(train))], idx.numel())
+    else:
+        need = _uncached(train)
     if not args.reference_only:
         need += _uncached_prefix(val, pool_n) + len(run_dirs) * run_n
     print(f"noise study on {args.data}: reference {idx.numel()} of {len(train)} training images, pool {pool_n} "

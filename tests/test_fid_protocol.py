@@ -81,9 +81,10 @@ def test_normalized_floor_and_ceiling_arithmetic():
     assert "fid_note" not in big and "rfid_normalized" not in big and big["rfid_floor"] == 20.0
 
 
-def test_reference_subset_is_seeded_sorted_and_whole_when_unlimited():
+def test_reference_subset_is_seeded_nested_and_whole_when_unlimited():
     a, b = P.reference_subset(1000, 100), P.reference_subset(1000, 100)
-    assert torch.equal(a, b) and a.numel() == 100 and bool((a[1:] > a[:-1]).all())
+    assert torch.equal(a, b) and a.numel() == 100 and a.unique().numel() == 100
+    assert torch.equal(P.reference_subset(1000, 300)[:100], a)  # a larger reference extends a smaller one
     assert torch.equal(P.reference_subset(50, None), torch.arange(50))
     assert torch.equal(P.reference_subset(50, 80), torch.arange(50))
 
