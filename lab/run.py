@@ -22,7 +22,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from lab.config import ROOT, save_config, to_dict
 from lab.data import ImageDataModule
-from lab.machine import metrics_record, resolve_run_settings
+from lab.machine import metrics_record, resolve_precision, resolve_run_settings
 from lab.metrics import count_params, peak_memory_mb, reset_peak_memory, train_step_flops
 from lab.registry import ConfigError
 
@@ -242,6 +242,8 @@ def share_cpu_threads(trainer_kw: dict) -> int | None:
 
 def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) -> pl.Trainer:
     trainer_kw = dict(to_dict(cfg["trainer"]))
+    if str(trainer_kw.get("precision")) == "auto":  # a caller that skipped resolve_run_settings: Lightning needs a value
+        trainer_kw["precision"] = resolve_precision("auto", trainer_kw.get("accelerator", "cpu"))[0]
     warn_if_cpu_busy(trainer_kw)
     share_cpu_threads(trainer_kw)
     ckpt_dir = run_dir / "checkpoints"
