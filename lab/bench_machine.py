@@ -178,13 +178,14 @@ def bench_machine(s: Settings) -> Iterator[dict]:
     cores = usable_cores()
     budget = 1.0 if s.quick else 8.0
     speedup, source = bf16_speedup()
-    auto_precision, why = resolve_precision("auto", "cpu")
+    auto = {stage: resolve_precision("auto", "cpu", stage) for stage in ("tokenizer", "generator")}
     yield dict(stage="probe", layout="1 process", precision="bf16 / fp32", bf16_speedup=speedup,
-               status=f"{source}; auto -> {why}")
+               status=f"{source}; auto -> {auto['generator'][1]}")
     world = 2
     chosen_n, layout_why = cpu_processes(GLOBAL_BATCH, cores)
     cases = [("tokenizer", "-")] + ([] if s.quick else [("generator", "s")])  # quick: the code path, briefly
     for stage, size in cases:
+        auto_precision = auto[stage][0]
         times: dict[tuple[int, str], float] = {}
         for n in (1, world):
             _progress(f"machine: {stage} {size}, {n} process(es)")

@@ -41,7 +41,7 @@ def tokenizer_config(cfg: DictConfig) -> DictConfig:
     # the tokenizer stage's own precision: tokenizer_train.precision, else what the experiment asked for (before
     # this generator stage resolved it: `auto` is resolved here again, for this stage)
     requested = tt["precision"] if tt.get("precision") is not None else (d.get("resolved") or {}).get("precision_requested", d["trainer"]["precision"])
-    precision, why = resolve_precision(requested, d["trainer"].get("accelerator", "cpu"))
+    precision, why = resolve_precision(requested, d["trainer"].get("accelerator", "cpu"), "tokenizer")
     d["trainer"]["precision"] = precision
     d["resolved"] = {"precision_requested": str(requested), "precision": precision, "precision_reason": why}
     d["loader"] = {**d["loader"], "global_batch_size": None}  # tokenizer_train.batch_size is per process

@@ -1,9 +1,11 @@
 """Speed settings chosen from the machine a run lands on (issue 12): ``trainer.precision: auto`` and
 ``trainer.devices: auto`` with ``loader.global_batch_size``.
 
-- precision ``auto``: ``bf16-mixed`` on a CUDA GPU that supports bf16; on a CPU only where the CPU has native
-  bf16 (``avx512_bf16`` / ``amx_bf16`` in its flags) *and* a one-second probe (a (2048 x 256) @ (256 x 1024)
-  matmul under bf16 autocast against fp32) confirms it is faster; ``32-true`` otherwise. On a CPU without native
+- precision ``auto``: ``bf16-mixed`` on a CUDA GPU that supports bf16; on a CPU, for the generator stage (a
+  transformer: matmul-bound), only where the CPU has native bf16 (``avx512_bf16`` / ``amx_bf16`` in its flags)
+  *and* a one-second probe (a (2048 x 256) @ (256 x 1024) matmul under bf16 autocast against fp32) confirms it is
+  faster; ``32-true`` otherwise, and for the tokenizer stage on every CPU (its small convs gained nothing from
+  bf16 autocast in ``make bench`` even on an AVX512-BF16 CPU, which the matmul probe cannot tell). On a CPU without native
   bf16 torch emulates bf16 matmuls, ~70x slower than fp32 on a Zen 2 (AVX2) box. The probe's result is cached
   per machine (CPU model, torch's CPU capability, torch version) under ``$BITLAB_CACHE`` or ``<repo>/.cache``.
 - devices ``auto`` on a CPU: one process per core, each holding at least ``MIN_BATCH_PER_PROCESS`` images of the
@@ -178,9 +180,10 @@ def _speed_words(speedup: float) -> str:
     return f"{speedup:.2g}x faster than fp32" if speedup >= 1 else f"{1 / speedup:.3g}x slower than fp32"
 
 
-def resolve_precision(requested: Any, accelerator: Any = "cpu") -> tuple[Any, str]:
-    """(the precision Lightning gets, why). ``auto`` becomes ``bf16-mixed`` or ``32-true`` (module docstring);
-    any other value is kept, with a warning printed when it asks for bf16 on a CPU that has no native bf16."""
+def resolve_precision(requested: Any, accelerator: Any = "cpu", stage: str = "generator") -> tuple[Any, str]:
+    """(the precision Lightning gets, why). ``auto`` becomes ``bf16-mixed`` or ``32-true`` (module docstring; on a
+    CPU the tokenizer ``stage`` stays fp32); any other value is kept, with a warning printed when it asks for bf16
+    on a CPU that has no native bf16."""
     if str(requested) != "auto":
         if str(requested) in BF16_NAMES and not _on_cuda(accelerator):
             ok, which = native_bf16()
@@ -203,6 +206,11 @@ def resolve_precision(requested: Any, accelerator: Any = "cpu") -> tuple[Any, st
     ok, which = native_bf16()
     if not ok:
         return "32-true", f"32-true: {cpu_model()} has no native bf16 ({which})"
+    if stage == "tokenizer":
+        # the probe predicts matmul-bound steps (the transformer); the tokenizer's small-conv steps measured no
+        # faster under bf16 autocast on an AVX512-BF16 CPU (make bench: 1.01x at batch 64, slower at 2 x 16)
+        return "32-true", (f"32-true: tokenizer stage on a CPU ({which}): its conv steps measured no faster under "
+                           "bf16 autocast (make bench part machine); bf16 there only on CUDA")
     speedup, source = bf16_speedup()
     verdict = "bf16-mixed" if speedup >= MIN_SPEEDUP else "32-true"
     return verdict, f"{verdict}: {which}, probe matmul {_speed_words(speedup)} ({source}; bf16 needs >= {MIN_SPEEDUP}x)"
@@ -271,7 +279,7 @@ def resolve_run_settings(cfg: Any, verbose: bool = True) -> dict:
     record = dict(prior)
     requested = trainer.get("precision", "32-true")
     if not (prior.get("precision_reason") and str(prior.get("precision")) == str(requested)):
-        value, why = resolve_precision(requested, trainer.get("accelerator", "cpu"))
+        value, why = resolve_precision(requested, trainer.get("accelerator", "cpu"), str(cfg["stage"]))
         record.update(precision_requested=str(requested), precision=value, precision_reason=why)
     t_set, l_set, layout_why = resolve_layout(trainer, loader)
     if layout_why:

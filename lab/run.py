@@ -243,7 +243,7 @@ def share_cpu_threads(trainer_kw: dict) -> int | None:
 def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) -> pl.Trainer:
     trainer_kw = dict(to_dict(cfg["trainer"]))
     if str(trainer_kw.get("precision")) == "auto":  # a caller that skipped resolve_run_settings: Lightning needs a value
-        trainer_kw["precision"] = resolve_precision("auto", trainer_kw.get("accelerator", "cpu"))[0]
+        trainer_kw["precision"] = resolve_precision("auto", trainer_kw.get("accelerator", "cpu"), str(cfg["stage"]))[0]
     warn_if_cpu_busy(trainer_kw)
     share_cpu_threads(trainer_kw)
     ckpt_dir = run_dir / "checkpoints"

@@ -57,6 +57,20 @@ def test_auto_is_bf16_with_native_bf16_when_the_probe_confirms_it(monkeypatch, f
     assert machine.resolve_precision("auto", "cpu")[0] == "bf16-mixed" and len(fresh_probe.calls) == 1
 
 
+def test_auto_keeps_the_tokenizer_stage_fp32_on_cpus_only(monkeypatch, fresh_probe):
+    """The probe predicts matmul-bound steps; the tokenizer's conv steps measured no bf16 gain on a CPU."""
+    import torch
+
+    native(monkeypatch)
+    fresh_probe(2.0)
+    value, why = machine.resolve_precision("auto", "cpu", "tokenizer")
+    assert value == "32-true" and "tokenizer" in why
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "NVIDIA H100")
+    assert machine.resolve_precision("auto", "gpu", "tokenizer")[0] == "bf16-mixed"
+
+
 def test_auto_is_fp32_when_native_bf16_is_not_faster(monkeypatch, fresh_probe):
     native(monkeypatch)
     fresh_probe(1.02)  # within noise of fp32: not "measurably faster"
@@ -100,7 +114,7 @@ def test_resolved_precision_is_written_to_the_config(monkeypatch, fresh_probe, t
     for has_native, expected in ((False, "32-true"), (True, "bf16-mixed")):
         (native if has_native else no_native)(monkeypatch)
         fresh_probe(2.5)
-        cfg = load_experiment("quickstart", ["trainer.devices=1"])
+        cfg = load_experiment("generator/c2i_fashion")
         assert cfg.trainer.precision == "auto"
         record = machine.resolve_run_settings(cfg, verbose=False)
         save_config(cfg, tmp_path / "config.yaml")
@@ -121,10 +135,16 @@ def test_auto_that_resolves_to_fp32_keeps_the_fp32_tokenizer_cache_key(monkeypat
 
     fresh_probe(2.0)
     fp32, bf16 = name("trainer.precision=32-true"), name("trainer.precision=bf16-mixed")
-    no_native(monkeypatch)
-    assert name() == fp32
-    native(monkeypatch)
-    assert name() == bf16 != fp32
+    assert bf16 != fp32
+    for cpu in (no_native, native):  # a CPU's tokenizer stage is fp32 under auto, native bf16 or not
+        cpu(monkeypatch)
+        assert name() == fp32
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "NVIDIA H100")
+    assert name("trainer.accelerator=gpu") == bf16  # on a GPU: bf16, the cache entry of an explicit bf16
 
 
 def test_devices_auto_layout_keeps_the_global_batch(monkeypatch):
@@ -155,16 +175,20 @@ def test_layout_errors_are_config_errors():
 
 @pytest.mark.slow
 def test_a_run_records_the_resolved_precision(monkeypatch, tmp_path):
-    """A smoke run with precision auto on a (mocked) native-bf16 CPU trains under bf16-mixed and records it."""
+    """A generator smoke run with precision auto on a (mocked) native-bf16 CPU: its tokenizer stage trains in fp32,
+    the transformer under bf16-mixed, and each run's config.yaml and metrics.json record the choice and why."""
     from lab.run import run_experiment
 
     native(monkeypatch)
     monkeypatch.setattr(machine, "bf16_speedup", lambda refresh=False: (2.0, "cached"))
-    cfg = load_experiment("quickstart", ["preset=smoke", f"runs_dir={tmp_path}", "trainer.precision=auto",
-                                         "eval.fid_samples=0", "trainer.max_steps=2"])
+    cfg = load_experiment("generator/c2i_fashion", ["preset=smoke", f"runs_dir={tmp_path}", "trainer.precision=auto",
+                                                    "tokenizer_train.precision=null", "eval.fid_samples=0",
+                                                    "trainer.max_steps=2", "tokenizer_train.max_steps=2"])
     run_dir, metrics = run_experiment(cfg)
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["trainer"]["precision"] == "bf16-mixed" and "2x faster" in saved["resolved"]["precision_reason"]
-    m = json.loads((run_dir / "metrics.json").read_text())
-    assert m["precision"] == "bf16-mixed" and m["precision_reason"] == saved["resolved"]["precision_reason"]
-    assert m["steps"] == m["steps_planned"] == 2
+    tok_dir = next((tmp_path / "_tokenizers").glob("*/run"))
+    for d, expected, words in ((run_dir, "bf16-mixed", "2x faster"), (tok_dir, "32-true", "tokenizer stage")):
+        saved = yaml.safe_load((d / "config.yaml").read_text())
+        assert saved["trainer"]["precision"] == expected and words in saved["resolved"]["precision_reason"]
+        m = json.loads((d / "metrics.json").read_text())
+        assert m["precision"] == expected and m["precision_reason"] == saved["resolved"]["precision_reason"]
+        assert m["steps"] == m["steps_planned"] == 2
