@@ -187,6 +187,9 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
     for node, check in _validators().items():
         if cfg.get(node) is not None:
             check(cfg[node])
+    from lab.machine import resolve_layout
+
+    resolve_layout(cfg["trainer"], cfg["loader"])  # devices: auto / global_batch_size problems, before any run
     conf = OmegaConf.create(cfg)
     OmegaConf.set_struct(conf, True)
     for node in OPEN_NODES:
