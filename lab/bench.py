@@ -421,10 +421,11 @@ PARTS: dict[str, dict] = {
         notes=["Each stage's training step (minimal loop: train_loss, AdamW, clipping; untrained cpu-scale models on "
                "emoji32: the quickstart's tokenizer, c2i_fashion's transformer on cached features) at a global batch of 32: "
                "one process on every core, or two DDP processes (gloo, spawned) of 16 images on one core each, in fp32 "
-               "and under bf16 autocast (trainer.precision=bf16-mixed). ms/step is the wall time of one global step.",
+               "and under bf16 autocast (trainer.precision=bf16-mixed), fp32 and bf16 steps taken in turn (a busy "
+               "machine's load falls on both alike). ms/step: the median wall time of one global step.",
                "auto rows: the precision lab.machine.resolve_precision('auto') picks here, and the layout "
                "trainer.devices=auto picks (lab.machine.cpu_processes), over the best measured; issue 12's target <= 1.05.",
-               "Every case stops after its time budget (8 s of timed steps; a warm-up step that overruns it is reported "
+               "Every case stops after its time budget (16 s of timed steps for both precisions; a warm-up that overruns it is reported "
                "instead), so the part ends in bounded time on a CPU that emulates bf16. The probe row is the cached "
                "start-up probe of trainer.precision=auto."]),
     "generator_train": dict(fn=bench_generator_train, columns=[

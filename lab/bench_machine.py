@@ -110,6 +110,34 @@ def timed(step: Callable[[], None], warmup: int, max_steps: int, budget: float) 
     return (time.perf_counter() - start) / n, n, "ok"
 
 
+def timed_alternating(step: Callable[[bool], None], warmup: int, max_steps: int, budget: float) -> dict:
+    """{precision: (median seconds per step, timed steps, status)} for fp32 and bf16 steps taken in turn, so that a
+    busy machine's load falls on both alike and their ratio stays meaningful. Bounded like ``timed``: about twice
+    ``budget`` of timed steps, or the warm-up steps alone when they overran that."""
+    import statistics
+
+    warm: dict[bool, list[float]] = {False: [], True: []}
+    times: dict[bool, list[float]] = {False: [], True: []}
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        for bf16 in (False, True):
+            t = time.perf_counter()
+            step(bf16)
+            warm[bf16].append(time.perf_counter() - t)
+    if _any(time.perf_counter() - t0 > 2 * budget):
+        return {p: (statistics.median(warm[p.startswith("bf16")]), 0, f"over budget: the warm-up step ({warmup}) timed instead")
+                for p in PRECISIONS}
+    start = time.perf_counter()
+    while True:
+        for bf16 in (False, True):
+            t = time.perf_counter()
+            step(bf16)
+            times[bf16].append(time.perf_counter() - t)
+        if _any(len(times[False]) >= max_steps or time.perf_counter() - start > 2 * budget):
+            break
+    return {p: (statistics.median(times[p.startswith("bf16")]), len(times[False]), "ok") for p in PRECISIONS}
+
+
 def _measure_both(stage: str, size: str, batch: int, s: Settings, budget: float) -> dict:
     torch.manual_seed(0)
     module, loader = _build(stage, size, batch, s.quick)
@@ -120,7 +148,7 @@ def _measure_both(stage: str, size: str, batch: int, s: Settings, budget: float)
         model = torch.nn.parallel.DistributedDataParallel(model)
     step = _stepper(model, loader)
     warmup, max_steps = (1, 3) if s.quick else (2, 30)
-    return {p: timed(lambda p=p: step(p.startswith("bf16")), warmup, max_steps, budget) for p in PRECISIONS}
+    return timed_alternating(step, warmup, max_steps, budget)
 
 
 def _child(rank: int, world: int, port: int, stage: str, size: str, batch: int, s: Settings, budget: float, queue) -> None:

@@ -64,6 +64,18 @@ def test_timed_cases_are_bounded_on_a_slow_machine():
     assert status == "ok" and 3 <= n < 10 and 0.015 < sec < 0.05
 
 
+def test_alternating_precisions_share_the_load_and_stay_bounded():
+    import time
+
+    from lab.bench_machine import timed_alternating
+
+    r = timed_alternating(lambda bf16: time.sleep(0.01 if bf16 else 0.03), warmup=1, max_steps=100, budget=0.1)
+    assert r["32-true"][1] == r["bf16-mixed"][1] >= 2 and r["32-true"][0] / r["bf16-mixed"][0] > 2
+    t0 = time.perf_counter()
+    r = timed_alternating(lambda bf16: time.sleep(0.15), warmup=1, max_steps=100, budget=0.1)
+    assert r["bf16-mixed"][1] == 0 and "over budget" in r["bf16-mixed"][2] and time.perf_counter() - t0 < 0.5
+
+
 @pytest.mark.slow
 def test_bench_quick(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "lab", "bench", "--quick", "--out", str(tmp_path)],
