@@ -208,7 +208,7 @@ def resolve_precision(requested: Any, accelerator: Any = "cpu", stage: str = "ge
         return "32-true", f"32-true: {cpu_model()} has no native bf16 ({which})"
     if stage == "tokenizer":
         # the probe predicts matmul-bound steps (the transformer); the tokenizer's small-conv steps measured no
-        # faster under bf16 autocast on an AVX512-BF16 CPU (make bench: 1.01x at batch 64, slower at 2 x 16)
+        # faster under bf16 autocast on an AVX512-BF16 CPU (make bench: 1.01x at batch 64, 0.8-1.08x at 2 x 16)
         return "32-true", (f"32-true: tokenizer stage on a CPU ({which}): its conv steps measured no faster under "
                            "bf16 autocast (make bench part machine); bf16 there only on CUDA")
     speedup, source = bf16_speedup()
