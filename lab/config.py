@@ -207,6 +207,9 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
         if cfg.get(node) is not None:
             check(cfg[node])
     _check_eval(cfg.get("eval") or {})
+    from lab.machine import resolve_layout
+
+    resolve_layout(cfg["trainer"], cfg["loader"])  # devices: auto / global_batch_size problems, before any run
     conf = OmegaConf.create(cfg)
     OmegaConf.set_struct(conf, True)
     for node in OPEN_NODES:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lab.config import to_dict
 from lab.generator import GeneratorModule
+from lab.machine import metrics_record, resolve_precision, resolve_run_settings
 from lab.metrics import count_params, peak_memory_mb, reset_peak_memory
 from lab.registry import ConfigError
 from lab.run import atomic_torch_save, build_datamodule, exclusive, build_trainer, cpu_load, eval_device, timer_of, check_checkpoint_matches, log_final, make_run_dir, process_rank, runs_root, save_config, seed_all, step_flops, summary, write_metrics
@@ -37,8 +38,13 @@ def tokenizer_config(cfg: DictConfig) -> DictConfig:
     tt = d["tokenizer_train"]
     d.update(stage="tokenizer", seed=tt["seed"], resume=False, run_id="run")
     d["trainer"] = {**d["trainer"], "max_steps": tt["max_steps"], "val_check_interval": min(d["trainer"]["val_check_interval"], tt["max_steps"])}
-    if tt.get("precision") is not None:
-        d["trainer"]["precision"] = tt["precision"]
+    # the tokenizer stage's own precision: tokenizer_train.precision, else what the experiment asked for (before
+    # this generator stage resolved it: `auto` is resolved here again, for this stage)
+    requested = tt["precision"] if tt.get("precision") is not None else (d.get("resolved") or {}).get("precision_requested", d["trainer"]["precision"])
+    precision, why = resolve_precision(requested, d["trainer"].get("accelerator", "cpu"), "tokenizer")
+    d["trainer"]["precision"] = precision
+    d["resolved"] = {"precision_requested": str(requested), "precision": precision, "precision_reason": why}
+    d["loader"] = {**d["loader"], "global_batch_size": None}  # tokenizer_train.batch_size is per process
     d["optim"] = {**d["optim"], "learning_rate": tt["learning_rate"], "ema_decay": 0.0}
     d["loader"] = {**d["loader"], "batch_size": tt["batch_size"]}
     d["eval"] = {**d["eval"], "fid_samples": 0}
@@ -306,6 +312,7 @@ def preflight(cfg: DictConfig) -> None:
 
 def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
     preflight(cfg)
+    resolve_run_settings(cfg)  # the generator stage's precision / layout (its tokenizer stage resolves its own)
     seed_all(cfg)
     dm = build_datamodule(cfg)
     dm.setup("fit")
@@ -339,6 +346,7 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
             params=count_params(module.model) + count_params(module.head), head_params=module.head_params(),
             steps=int(trainer.global_step), wall_time_s=time.time() - t0, train_time_s=train_time,
             peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(), tokenizer=str(tdir), flops_per_step=step_flops(module, dm),
+            steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg),
             **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
         )
         write_metrics(run_dir, metrics)
