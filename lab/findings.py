@@ -161,15 +161,17 @@ def _outcomes(c: Contrast, rows: Sequence[Mapping[str, str]], suite: str) -> tup
 
     rows = [r for r in rows if _matches(r, c.where)]
     if c.kind == "correlation":
-        out = []
+        out, why = [], []
         for kind, group in loss_kind_of(rows, suite).items():
             pts = [(num(r.get(c.other)), num(r.get(c.metric))) for r in group if r.get("status") == "done"]
             pts = [p for p in pts if p[0] is not None and p[1] is not None]
-            if len(pts) < 3:
+            r = stats.pearson(*zip(*pts)) if len(pts) >= 3 else None
+            if r is None:
+                why.append(f"{kind}: r undefined over {len(pts)} runs (fewer than 3, or one variable constant)")
                 continue
             # the interval comes in _decide: its level depends on how many correlations the finding has
-            out.append(Outcome(c, kind, n=len(pts), estimate=stats.pearson(*zip(*pts)), points=pts))
-        return out, ("" if out else f"no {c.metric} and {c.other} in 3 or more runs")
+            out.append(Outcome(c, kind, n=len(pts), estimate=r, points=pts))
+        return out, "; ".join(why)
     out = []
     for g in _groups(rows, c.within):
         if c.kind == "within":
