@@ -372,6 +372,7 @@ def markdown(decisions: Sequence[Decision], results: str = "results") -> str:
             effect, verdict = "—", f"**incomplete**: {d.incomplete}"
         else:
             effect = "<br>".join(f"{o.contrast.label}{' (' + o.group + ')' if o.group else ''}: {effect_text(o)}"
+                                 + (f" ({o.note.split(';')[0]})" if o.contrast.kind == "slope" else "")
                                  for o in d.outcomes)
             verdict = f"**{d.verdict}**" + "".join(f"<br>{o.contrast.label}{' (' + o.group + ')' if o.group else ''}: "
                                                     f"{verdict_text(o)}" for o in d.outcomes if len(d.outcomes) > 1)

@@ -214,7 +214,7 @@ def correlations_section(rows: Sequence[Mapping], specs: Sequence[Mapping], head
         dx, dy = direction(x), direction(y)
         if NEUTRAL not in (dx, dy):
             good = ">" if dx * dy > 0 else "<"
-            signs.append(f"- Sign convention: {x} {side[dx]}, {y} {side[dy]}, so r {good} 0 means a better {x} goes "
+            signs.append(f"- Sign convention ({x}: {side[dx]}; {y}: {side[dy]}): r {good} 0 means a better {x} goes "
                          f"with a better {y}" + (
                              f". Infinity Fig.10's r ≈ -0.98 is the validation loss against metrics where higher is "
                              f"better: the same direction is r {good} 0 here." if "loss" in str(x) else "."))
