@@ -230,7 +230,7 @@ def _slope_outcome(c: Contrast, doc: Mapping) -> tuple[list[Outcome], str]:
     half = sps.t.ppf(1 - ALPHA / 2, df) * se
     o = Outcome(c, "", n=len(p1) + len(p2), estimate=est, ci=(est - half, est + half),
                 p=float(2 * sps.t.sf(abs(est) / se, df)), note=note)
-    o.d = (sps.t.ppf(1 - ALPHA / 2, df) + sps.t.ppf(POWER, df)) * se  # the usual normal-approximation D
+    o.d = (sps.t.ppf(1 - ALPHA / 2, df) + sps.t.ppf(POWER, df)) * se  # D from the t quantiles at the slope difference's df
     return [o], ""
 
 
