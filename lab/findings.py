@@ -47,6 +47,7 @@ class Outcome:
     note: str = ""
     sd: float | None = None              # sd of the per-seed contrasts (D is computed from it once k is known)
     points: list[tuple[float, float]] = field(default_factory=list)   # correlation: (x, y) per run
+    level: float = 1 - ALPHA             # of the interval (a correlation's is Bonferroni-widened)
 
 
 @dataclass
@@ -260,8 +261,8 @@ def _decide(outcomes: list[Outcome]) -> None:
         level = 1 - ALPHA / max(1, len(corr))
         xs, ys = zip(*o.points)
         c = stats.bootstrap_correlation(xs, ys, level=level)
-        o.ci = c.ci
-        o.note = f"{c.n_boot:,} bootstrap resamples, {100 * level:.1f} % interval (Bonferroni over {len(corr)})"
+        o.ci, o.level = c.ci, level
+        o.note = f"{c.n_boot:,} bootstrap resamples, {100 * level:.4g} % interval (Bonferroni over {len(corr)})"
         if o.n > 3:  # |r| a test at alpha / k detects with 80 % power (Fisher's z)
             o.d = math.tanh((sps.norm.ppf(1 - ALPHA / len(corr) / 2) + sps.norm.ppf(POWER)) / math.sqrt(o.n - 3))
         if o.ci is not None and (o.ci[0] > 0 or o.ci[1] < 0):
@@ -331,6 +332,8 @@ def effect_text(o: Outcome) -> str:
         text += f" (identical in all {o.n} runs)" if o.contrast.kind != "slope" else " (exact fit)"
     elif o.ci:
         text += f" [{signed(o.ci[0])}, {signed(o.ci[1])}]"
+        if abs(o.level - (1 - ALPHA)) > 1e-9:
+            text += f" ({100 * o.level:.4g} % interval)"
     else:
         text += " (no interval)"
     return text
@@ -355,7 +358,8 @@ def markdown(decisions: Sequence[Decision], results: str = "results") -> str:
         "rerun the command.", "",
         "How a verdict is computed: each contrast is an effect with a 95 % interval — a seed-paired t-interval "
         "(case − baseline over the seeds both have), a difference of differences paired by seed (F4), Pearson r "
-        "with a percentile bootstrap over runs, per loss kind (F7), or a least-squares slope (F2). With several "
+        "with a percentile bootstrap over runs, per loss kind (F7; with several correlations the interval is "
+        "widened to 1 − α / k, Bonferroni), or a least-squares slope (F2). With several "
         f"contrasts in a finding, p-values are Holm-adjusted over them. **reproduced**: adjusted p < {ALPHA:g} "
         "and the interval lies on the paper's side of 0; **contradicted**: it lies on the other side (the "
         "interval excludes the paper's direction); **undecided**: the interval contains 0, with D, the smallest "

@@ -218,7 +218,7 @@ def test_f7_correlates_per_loss_kind_and_never_pools_bce_with_cross_entropy(tmp_
     d = F.decide(finding("F7"), tmp_path)
     assert {o.group for o in d.outcomes} == {"bit BCE (bitwise head)", "index cross-entropy (index head)"}
     assert all(o.n == 9 and o.estimate > 0.9 and o.ci[0] > 0 and o.verdict == "reproduced" for o in d.outcomes)
-    assert d.verdict == "reproduced"
+    assert d.verdict == "reproduced" and "(98.75 % interval)" in F.effect_text(d.outcomes[0])  # Bonferroni over 4
     rows = list(csv.DictReader(open(path)))
     assert pearson([float(r["val_loss"]) for r in rows], [float(r["gfid"]) for r in rows]) < -0.5  # pooled: wrong sign
 
