@@ -55,10 +55,11 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("list", help="list the experiments")
     p.set_defaults(func=cmd_list)
-    from lab import cli_bench, cli_sample
+    from lab import cli_bench, cli_sample, noise
 
     cli_sample.register(sub)
     cli_bench.register(sub)
+    noise.register(sub)
     args = parser.parse_args(argv)
 
     from lab.data import DataError

@@ -300,6 +300,9 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     seed_all(cfg)
     dm = build_datamodule(cfg)
     dm.setup("fit")  # data problems surface before a run directory exists
+    from lab.fid_protocol import check_eval_size
+
+    check_eval_size(cfg["eval"]["fid_samples"], len(dm.splits["validation"]))
     module = TokenizerModule(to_dict(cfg))
     if cfg["compile"]:
         module.tokenizer.compile()  # in place: parameter names (and checkpoints) are unchanged
@@ -324,7 +327,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
         module.to(eval_device(cfg))
         metrics = evaluate_tokenizer(
             module.tokenizer, dm.val_dataloader(), batches=ev["batches"], fid_samples=ev["fid_samples"],
-            lpips=module.metric_lpips, device=module.device,
+            lpips=module.metric_lpips, device=module.device, protocol=ev,
         )
         metrics.update(
             params=count_params(module.tokenizer), steps=int(trainer.global_step),

@@ -43,8 +43,8 @@ CASES = "cases"
 # Columns every row has, before the swept values and the metrics.
 FIXED_COLUMNS = ("suite", "point", "seed", "run_dir", "status")
 # Headline metrics for results.md when the YAML names none (those present are shown).
-DEFAULT_METRICS = ("psnr", "lpips", "rfid", "bit_entropy", "codebook_usage", "val_loss", "bit_accuracy", "gfid",
-                   "params", "head_params", "flops_per_step", "wall_time_s", "peak_memory_mb")
+DEFAULT_METRICS = ("psnr", "lpips", "rfid", "rkid", "bit_entropy", "codebook_usage", "val_loss", "bit_accuracy",
+                   "gfid", "kid", "gfid_normalized", "params", "head_params", "flops_per_step", "wall_time_s", "peak_memory_mb")
 
 
 # ------------------------------------------------------------------------------------------------ grid
