@@ -56,6 +56,7 @@ class Decision:
     incomplete: str = ""                 # why the suite cannot decide it yet ("" when it can)
     outcomes: list[Outcome] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)   # contrasts whose cases are not in the suite's grid
+    preset: str = ""                     # the suite's preset, from its report.md ("" when unknown)
 
     @property
     def verdict(self) -> str:
@@ -104,6 +105,16 @@ def suite_incomplete(columns: Sequence[str], rows: Sequence[Mapping[str, str]], 
     if fewest < MIN_SEEDS:
         reasons.append(f"{fewest} seed{'s' if fewest != 1 else ''} in its smallest case (< {MIN_SEEDS})")
     return "; ".join(reasons)
+
+
+def preset_of(report: Path) -> str:
+    """The preset a published report names (``Preset `cpu`.``, lab/sweep_report.py); "" without one."""
+    import re
+
+    if not report.is_file():
+        return ""
+    m = re.search(r"Preset `([\w-]+)`", report.read_text())
+    return m.group(1) if m else ""
 
 
 def _matches(row: Mapping[str, str], where: Mapping[str, str]) -> bool:
@@ -293,7 +304,10 @@ def decide(finding: Finding, results: Path) -> Decision:
         dec.incomplete = f"not yet run (no results/{finding.suite}/results.csv)"
         return dec
     columns, rows = read_rows(path)
+    dec.preset = preset_of(path.parent / "report.md")
     dec.incomplete = suite_incomplete(columns, rows, finding.stage)
+    if dec.preset == "smoke":  # a pipeline check (a few steps, 16 samples), never a result
+        dec.incomplete = "; ".join(x for x in ("published from a preset=smoke run", dec.incomplete) if x)
     if dec.incomplete:
         return dec
     for c in finding.contrasts:
@@ -391,7 +405,8 @@ def markdown(decisions: Sequence[Decision], results: str = "results") -> str:
         lines += [f"### {f.id}: {f.title} ({f.source})", "", f"Paper: {f.paper}.", ""]
         if f.note:
             lines += [f"Here: {f.note}.", ""]
-        lines += [f"Reproduce: {command(f, results)}, then `python -m lab findings`.", ""]
+        lines += [f"Reproduce: {command(f, results)}, then `python -m lab findings`."
+                  + (f" The published results are preset `{d.preset}`." if d.preset else ""), ""]
         if d.incomplete:
             lines += [f"**Incomplete**: {d.incomplete}. Not decided.", ""]
             continue

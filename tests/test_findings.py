@@ -139,6 +139,16 @@ def test_fewer_than_three_seeds_or_pre_protocol_results_are_incomplete(tmp_path)
     assert d.verdict == "incomplete" and "not yet run" in d.incomplete
 
 
+def test_results_published_from_a_smoke_run_are_not_a_result(tmp_path):
+    path = self_correction(tmp_path, {"none": 100, "flip-0.3": 100, "bsc-0.1": 60, "bsc-0.2": 60, "bsc-0.3": 60})
+    (path.parent / "report.md").write_text("Command: `python -m lab run ablations/self_correction preset=smoke`\n"
+                                           "(`make experiment NAME=ablations/self_correction` preset=smoke). Preset `smoke`.\n")
+    d = F.decide(finding("F5"), tmp_path)
+    assert d.verdict == "incomplete" and "smoke" in d.incomplete and d.preset == "smoke"
+    (path.parent / "report.md").write_text("Preset `cpu`.\n")
+    assert F.decide(finding("F5"), tmp_path).verdict == "reproduced"
+
+
 def test_a_recorded_out_of_memory_run_is_a_result_not_a_missing_run(tmp_path):
     gfid = {"none": 100, "flip-0.3": 100, "bsc-0.1": 60, "bsc-0.2": 60, "bsc-0.3": 60}
     self_correction(tmp_path, gfid, status={("bsc-0.1", 0): "out_of_memory"}, seeds=(0, 1, 2, 3))
