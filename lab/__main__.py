@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = argparse.ArgumentParser(prog="python -m lab", description="bitlab: image-tokenizer ablations")
     sub = parser.add_subparsers(dest="command", required=True)
+    from lab import findings  # light at import: reads results/, imports scipy only when it runs
+
+    findings.register(sub)
     p = sub.add_parser("run", help="train and evaluate an experiment (or a sweep)")
     p.add_argument("name", help="experiment path under experiments/, e.g. quickstart or tokenizer/bsq")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. trainer.max_steps=200")

@@ -181,28 +181,44 @@ def verdicts_section(suite: DictConfig, rows: Sequence[Mapping], axes: Sequence[
     return text
 
 
-def correlations_section(rows: Sequence[Mapping], specs: Sequence[Mapping]) -> str:
-    """Pearson r with a 95 % percentile bootstrap interval over runs for each ``scatter`` plot of the report."""
-    from lab.stats import HIGHER, LOWER, bootstrap_correlation, direction
+def correlations_section(rows: Sequence[Mapping], specs: Sequence[Mapping], head: str | None = None) -> str:
+    """Pearson r with a 95 % percentile bootstrap interval over runs for each ``scatter`` plot of the report, per
+    loss kind: runs of a bitwise head (bit BCE) and of an index head (index cross-entropy) are never pooled, as
+    their losses are on different scales (grouped by the ``head.name`` column where the suite sweeps the head,
+    else every run has the suite's ``head``). States the sign convention of r."""
+    from lab.findings import LOSS_KINDS
+    from lab.stats import HIGHER, LOWER, NEUTRAL, bootstrap_correlation, direction
 
     done = [r for r in rows if r.get("status") == "done"]
-    lines = []
+    kinds: dict[str, list[Mapping]] = {}
+    for r in done:
+        h = str(r.get("head.name") or head or "")
+        kinds.setdefault(LOSS_KINDS.get(h, f"{h} head" if h else "all runs"), []).append(r)
+    side = {HIGHER: "higher is better", LOWER: "lower is better"}
+    lines: list[str] = []
+    signs: list[str] = []
     for spec in specs:
         if spec.get("kind") != "scatter":
             continue
         x, y = spec.get("x"), spec.get("y")
-        pts = [(_num(r.get(x)), _num(r.get(y))) for r in done]
-        pts = [p for p in pts if p[0] is not None and p[1] is not None]
-        c = bootstrap_correlation([p[0] for p in pts], [p[1] for p in pts])
-        side = {HIGHER: "higher is better", LOWER: "lower is better"}
-        signs = f"{x}: {side.get(direction(x), 'no better side')}; {y}: {side.get(direction(y), 'no better side')}"
-        if c.r is None:
-            lines.append(f"- r({x}, {y}): undefined over {c.n} runs (fewer than 3, or one of them constant).")
-        else:
-            ci = f" [{c.ci[0]:.2f}, {c.ci[1]:.2f}]" if c.ci else ""
-            lines.append(f"- Pearson r({x}, {y}) = {c.r:.2f}{ci} over {c.n} runs (95 % percentile bootstrap over "
-                         f"runs, {c.n_boot:,} resamples; {signs}).")
-    return "\n".join(["## Correlations", "", *lines, ""]) if lines else ""
+        for kind, group in kinds.items():
+            pts = [(_num(r.get(x)), _num(r.get(y))) for r in group]
+            pts = [p for p in pts if p[0] is not None and p[1] is not None]
+            c = bootstrap_correlation([p[0] for p in pts], [p[1] for p in pts])
+            if c.r is None:
+                lines.append(f"- {kind}: r({x}, {y}) undefined over {c.n} runs (fewer than 3, or one of them constant).")
+            else:
+                ci = f" [{c.ci[0]:.2f}, {c.ci[1]:.2f}]" if c.ci else ""
+                lines.append(f"- {kind}: Pearson r({x}, {y}) = {c.r:.2f}{ci} over {c.n} runs (95 % percentile "
+                             f"bootstrap over runs, {c.n_boot:,} resamples).")
+        dx, dy = direction(x), direction(y)
+        if NEUTRAL not in (dx, dy):
+            good = ">" if dx * dy > 0 else "<"
+            signs.append(f"- Sign convention ({x}: {side[dx]}; {y}: {side[dy]}): r {good} 0 means a better {x} goes "
+                         f"with a better {y}" + (
+                             f". Infinity Fig.10's r ≈ -0.98 is the validation loss against metrics where higher is "
+                             f"better: the same direction is r {good} 0 here." if "loss" in str(x) else "."))
+    return "\n".join(["## Correlations", "", *lines, *dict.fromkeys(signs), ""]) if lines else ""
 
 
 def _evaluation_share(done: Sequence[Mapping], wall: float) -> str:
@@ -257,7 +273,7 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
         "",
     ]
     for section in (verdicts_section(suite, rows, axes), floor_ceiling_table(rows, axes),
-                    correlations_section(rows, report.get("plots") or [])):
+                    correlations_section(rows, report.get("plots") or [], _head_name(suite))):
         if section:
             md += [section.rstrip("\n"), ""]
     for p in plots:
@@ -267,6 +283,13 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
     (out / ("results.md" if out == sweep_dir else "report.md")).write_text("\n".join(md))
     print(f"[sweep {suite['name']}] results: {out / 'results.csv'}, {out / ('results.md' if out == sweep_dir else 'report.md')}, {len(plots)} plots")
     return out
+
+
+def _head_name(suite: DictConfig) -> str | None:
+    """The head of a generator suite's runs (the loss kind of its validation loss); None for a tokenizer suite."""
+    if str(suite.get("stage")) != "generator" or not suite.get("head"):
+        return None
+    return str(suite["head"].get("name") or "") or None
 
 
 def _fid_reference(done: Sequence[Mapping]) -> list[str]:
