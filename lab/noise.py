@@ -92,9 +92,9 @@ def _sd(t: torch.Tensor) -> float:
 
 
 def _cpu_model() -> str:
-    from lab.cli_bench import _cpu_model as cpu
+    from lab.machine import cpu_model
 
-    return cpu()
+    return cpu_model()
 
 
 def _uncached(images: torch.Tensor) -> int:
