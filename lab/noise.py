@@ -243,7 +243,7 @@ def register(sub) -> None:
     p.add_argument("--resamples", type=int, default=5)
     p.add_argument("--pool", type=int, default=None,
                    help="held-out images whose features are computed (default: the largest N, capped at the split)")
-    p.add_argument("--reference-limit", type=_limit, default=10000,
+    p.add_argument("--reference-limit", type=_limit, default=5000,
                    help="reference = a seeded subset of this many training images (base.yaml eval.fid_reference_limit); "
                         "'none': all")
     p.add_argument("--kid-subsets", type=int, default=100)
