@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = argparse.ArgumentParser(prog="python -m lab", description="bitlab: image-tokenizer ablations")
     sub = parser.add_subparsers(dest="command", required=True)
+    from lab import findings  # light at import: reads results/, imports scipy only when it runs
+
+    findings.register(sub)
     p = sub.add_parser("run", help="train and evaluate an experiment (or a sweep)")
     p.add_argument("name", help="experiment path under experiments/, e.g. quickstart or tokenizer/bsq")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. trainer.max_steps=200")
@@ -75,11 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("list", help="list the experiments: what each answers, and its run time where known")
     p.set_defaults(func=cmd_list)
-    from lab import cli_bench, cli_compare, cli_sample
+    from lab import cli_bench, cli_compare, cli_noise, cli_sample
 
     cli_compare.register(sub)
     cli_sample.register(sub)
     cli_bench.register(sub)
+    cli_noise.register(sub)
     args, extra = parser.parse_known_args(argv)
     if args.command == "run" and all("=" in a and not a.startswith("-") for a in extra):
         args.overrides += extra  # overrides after an option: run NAME --dry-run a=1 b=2

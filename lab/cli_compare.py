@@ -21,8 +21,8 @@ from lab.registry import ConfigError
 # config keys that differ between any two runs without saying anything about them
 _BOOKKEEPING = ("name", "run_id", "resume", "runs_dir", "presets", "sweep", "seeds", "report")
 # the metrics shown by default, in this order (those no row has are left out); --all-metrics shows every one
-HEADLINE = ("psnr", "ssim", "lpips", "rfid", "bit_entropy", "codebook_usage", "val_loss", "bit_accuracy",
-            "token_accuracy", "gfid", "params", "head_params", "flops_per_step", "steps", "wall_time_s",
+HEADLINE = ("psnr", "ssim", "lpips", "rfid", "rkid", "bit_entropy", "codebook_usage", "val_loss", "bit_accuracy",
+            "token_accuracy", "gfid", "kid", "gfid_normalized", "params", "head_params", "flops_per_step", "steps", "wall_time_s",
             "peak_memory_mb")
 
 

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 from lab.config import EXPERIMENTS, ROOT, available_experiments
 
-# a duration as the YAML headers write it: "10 minutes", "20 min", "1h15m", "2 hours"
-_DURATION = r"(?:\d+h\d{2}m|\d+(?:\.\d+)? ?(?:minutes|min|hours?)\b)"
+# a duration as the YAML headers write it: "10 minutes", "9 min 18 s", "1h15m", "2 hours"
+_DURATION = r"(?:\d+h\d{2}m|\d+(?:\.\d+)? ?(?:minutes|min|hours?)\b(?: \d+ ?s\b)?)"
 
 
 def header_comment(name: str) -> list[str]:

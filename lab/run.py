@@ -21,6 +21,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from lab.config import ROOT, save_config, to_dict
 from lab.data import ImageDataModule
+from lab.machine import metrics_record, resolve_precision, resolve_run_settings
 from lab.metrics import count_params, peak_memory_mb, reset_peak_memory, train_step_flops
 from lab.registry import ConfigError
 
@@ -243,6 +244,8 @@ def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) 
 
     quiet.install()  # known-harmless warnings and Lightning's tips hidden unless --verbose
     trainer_kw = dict(to_dict(cfg["trainer"]))
+    if str(trainer_kw.get("precision")) == "auto":  # a caller that skipped resolve_run_settings: Lightning needs a value
+        trainer_kw["precision"] = resolve_precision("auto", trainer_kw.get("accelerator", "cpu"), str(cfg["stage"]))[0]
     warn_if_cpu_busy(trainer_kw)
     share_cpu_threads(trainer_kw)
     ckpt_dir = run_dir / "checkpoints"
@@ -302,9 +305,13 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     from lab.evaluate import evaluate_tokenizer, format_per_scale
     from lab.modules import TokenizerModule
 
+    resolve_run_settings(cfg)  # trainer.precision / devices: auto -> concrete values, recorded in cfg.resolved
     seed_all(cfg)
     dm = build_datamodule(cfg)
     dm.setup("fit")  # data problems surface before a run directory exists
+    from lab.fid_protocol import check_eval_size
+
+    check_eval_size(cfg["eval"]["fid_samples"], len(dm.splits["validation"]))
     module = TokenizerModule(to_dict(cfg))
     if cfg["compile"]:
         module.tokenizer.compile()  # in place: parameter names (and checkpoints) are unchanged
@@ -329,12 +336,12 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
         module.to(eval_device(cfg))
         metrics = evaluate_tokenizer(
             module.tokenizer, dm.val_dataloader(), batches=ev["batches"], fid_samples=ev["fid_samples"],
-            lpips=module.metric_lpips, device=module.device,
+            lpips=module.metric_lpips, device=module.device, protocol=ev,
         )
         metrics.update(
             params=count_params(module.tokenizer), steps=int(trainer.global_step),
             wall_time_s=time.time() - t0, train_time_s=train_time, peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(),
-            flops_per_step=step_flops(module, dm),
+            flops_per_step=step_flops(module, dm), steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg),
             **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
         )
         write_metrics(run_dir, metrics)

@@ -18,7 +18,7 @@ tokenizer's seed is ``tokenizer_train.seed``, not the generator's.
 Re-running a sweep skips runs with a ``metrics.json``, resumes runs with a ``checkpoints/last.ckpt`` and moves a
 run directory with neither aside (nothing is deleted). Two invocations of one sweep at once (e.g. one per
 core with ``OMP_NUM_THREADS=1``) share its runs: each run is claimed by a ``.s<seed>.lock`` file. At the end it writes ``runs/<NAME>/results.csv`` (one
-row per run), ``results.md`` (mean +- std over seeds) and ``plots/*.png`` (``report.plots`` of the YAML);
+row per run), ``results.md`` (mean +- std over seeds; verdicts against ``report.baseline``, ``lab/verdicts.py``) and ``plots/*.png`` (``report.plots`` of the YAML);
 ``python -m lab report NAME [--out DIR]`` rebuilds them from the runs without training.
 """
 from __future__ import annotations
@@ -43,8 +43,8 @@ CASES = "cases"
 # Columns every row has, before the swept values and the metrics.
 FIXED_COLUMNS = ("suite", "point", "seed", "run_dir", "status")
 # Headline metrics for results.md when the YAML names none (those present are shown).
-DEFAULT_METRICS = ("psnr", "lpips", "rfid", "bit_entropy", "codebook_usage", "val_loss", "bit_accuracy", "gfid",
-                   "params", "head_params", "flops_per_step", "wall_time_s", "peak_memory_mb")
+DEFAULT_METRICS = ("psnr", "lpips", "rfid", "rkid", "bit_entropy", "codebook_usage", "val_loss", "bit_accuracy",
+                   "gfid", "kid", "gfid_normalized", "params", "head_params", "flops_per_step", "wall_time_s", "peak_memory_mb")
 
 
 # ------------------------------------------------------------------------------------------------ grid
@@ -144,7 +144,8 @@ class Job:
 
 
 def plan(name: str, overrides: Sequence[str] = ()) -> tuple[DictConfig, list[Job]]:
-    """The suite's own config and one fully validated config per (point, seed): bad keys fail before training."""
+    """The suite's own config and one fully validated config per (point, seed): bad keys, and a baseline that is
+    not in the grid, fail before training."""
     suite = load_experiment(name, overrides)
     if not suite.get("sweep"):
         raise ConfigError(f"{name} has no `sweep:`; run it with `python -m lab run {name}`.")
@@ -152,8 +153,14 @@ def plan(name: str, overrides: Sequence[str] = ()) -> tuple[DictConfig, list[Job
     seeds = list(to_dict(suite["seeds"]) or [suite["seed"]])
     if not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"seeds must be a list of integers, got {seeds!r}.")
+    points = expand(sweep)
+    from lab.verdicts import check_report_node, parse_baseline
+
+    report = to_dict(suite["report"]) or {}
+    check_report_node(report)
+    parse_baseline(report.get("baseline"), [p.values for p in points], where=f"report.baseline of {name}")
     jobs = []
-    for point in expand(sweep):
+    for point in points:
         for seed in seeds:
             try:
                 cfg = load_experiment(name, overrides, layer=point.layer, layer_source=f"the sweep point {point.label}")

@@ -63,7 +63,10 @@ def make_plots(rows: Sequence[Mapping], jobs: Sequence[Job], specs: Sequence[Map
             for h in hues:
                 sel = [p for p in pts if not hue or p[2] == h]
                 ax.scatter([p[0] for p in sel], [p[1] for p in sel], label=str(h))
-            r_val = pearson([p[0] for p in pts], [p[1] for p in pts])
+            heads = _ordered(r.get("head.name", "") for r in done)
+            if len(heads) > 1:  # bit BCE and index cross-entropy are never pooled into one r (report: per loss kind)
+                title = title or f"{y} vs {x} (r per loss kind: see the report)"
+            r_val = pearson([p[0] for p in pts], [p[1] for p in pts]) if len(heads) <= 1 else None
             title = title or f"{y} vs {x}" + (f" (Pearson r = {r_val:.2f}, n = {len(pts)})" if r_val is not None else "")
             ax.set_xlabel(x)
             ax.set_ylabel(y)

@@ -30,7 +30,8 @@ NUMERIC = {"Seed", "quantizer.bits", "quantizer.codebook_size", "correction.p_ma
 HPARAM_KEYS = ID_KEYS + CONFIG_KEYS
 # The union of both stages' headline metrics (metrics.json keys, logged as final/<key>). The generator's
 # validation loss is named by its head: a bit's BCE and a token's CE are not comparable numbers.
-FINAL_METRICS = ("psnr", "ssim", "lpips", "rfid", "bit_entropy", "codebook_usage", "gfid", "val_bits_bce",
+FINAL_METRICS = ("psnr", "ssim", "lpips", "rfid", "rkid", "bit_entropy", "codebook_usage", "gfid", "kid",
+                 "gfid_normalized", "val_bits_bce",
                  "val_index_ce", "bit_accuracy", "token_accuracy", "params", "head_params", "flops_per_step",
                  "train_images_per_s", "wall_time_s", "peak_memory_mb")
 
