@@ -45,9 +45,12 @@ bench: setup
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir runs
 
+# NB=explore_runs (or ablation_report) executes that notebook in place (nbconvert), else the notebook server opens
+NB ?=
 notebook: setup
-	$(PY) -m pip install -q notebook
-	$(VENV)/bin/jupyter notebook notebooks/
+	$(PY) -m pip install -q notebook nbconvert
+	@if [ -n "$(NB)" ]; then $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace notebooks/$(NB).ipynb; \
+	else $(VENV)/bin/jupyter notebook notebooks/; fi
 
 clean-setup:
 	rm -f $(STAMP)

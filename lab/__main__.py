@@ -12,6 +12,12 @@ def _fail(msg: str, code: int = 2) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    if args.verbose:
+        os.environ["BITLAB_VERBOSE"] = "1"  # read by lab.quiet (also in the processes a multi-device run starts)
+    if args.dry_run:
+        from lab.cli_info import dry_run
+
+        return dry_run(args.name, args.overrides)
     from lab.config import load_experiment
     from lab.run import run_experiment
 
@@ -40,9 +46,21 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from lab.config import available_experiments
+    from lab.cli_info import cmd_list as list_experiments
 
-    print("\n".join(available_experiments()))
+    list_experiments(args)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors that are the user's to fix, printed as one line. A module that was never imported cannot have
+    raised its own error, so the check imports nothing (``list`` and ``--help`` stay instant)."""
+    from lab.registry import ConfigError
+
+    found: list[type[BaseException]] = [ConfigError]
+    for module, name in (("lab.data", "DataError"), ("lab.modules", "NonFiniteLossError")):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,9 +68,17 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = argparse.ArgumentParser(prog="python -m lab", description="bitlab: image-tokenizer ablations")
     sub = parser.add_subparsers(dest="command", required=True)
+    from lab import findings  # light at import: reads results/, imports scipy only when it runs
+
+    findings.register(sub)
     p = sub.add_parser("run", help="train and evaluate an experiment (or a sweep)")
     p.add_argument("name", help="experiment path under experiments/, e.g. quickstart or tokenizer/bsq")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. trainer.max_steps=200")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true",
+                   help="print the resolved config and the run directory (every point of a sweep); create nothing")
+    p.add_argument("--verbose", action="store_true",
+                   help="show every warning, Lightning tip and log line (default: known-harmless ones hidden; "
+                        "or set BITLAB_VERBOSE=1)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("report", help="rebuild a sweep's results.csv, table and plots from its runs (no training)")
     p.add_argument("name", help="the sweep's experiment path, e.g. ablations/order")
@@ -61,24 +87,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace a report in --out even when it has more finished runs than this one")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("list", help="list the experiments")
+    p = sub.add_parser("list", help="list the experiments: what each answers, and its run time where known")
     p.set_defaults(func=cmd_list)
-    from lab import cli_bench, cli_sample
+    from lab import cli_bench, cli_compare, cli_noise, cli_sample
 
+    cli_compare.register(sub)
     cli_sample.register(sub)
     cli_bench.register(sub)
-    args = parser.parse_args(argv)
-
-    from lab.data import DataError
-    from lab.modules import NonFiniteLossError
-    from lab.registry import ConfigError
+    cli_noise.register(sub)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "run" and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides += extra  # overrides after an option: run NAME --dry-run a=1 b=2
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     from lab import signals
 
     signals.install()
     try:
         args.func(args)
-    except (ConfigError, DataError, NonFiniteLossError) as e:
+    except Exception as e:  # noqa: BLE001 - the user's errors in one line, the rest with their traceback
+        if not isinstance(e, _user_errors()):
+            raise
         _fail(str(e))
     except (KeyboardInterrupt, SystemExit) as e:
         # Lightning turns Ctrl-C into sys.exit(1) and SIGTERM into SystemExit; lab.signals saw which it was

@@ -10,6 +10,8 @@ a list of row dicts measured side by side in one process.
   input/label preparation.
 - ``training``: both stages' training loops at cpu scale: Lightning vs a minimal hand-written loop, cached
   encoder features vs encoding every step, data loading's share, torch.compile.
+- ``machine``: fp32 vs bf16 autocast and one vs two processes for both stages, and what ``trainer.precision: auto``
+  and ``trainer.devices: auto`` choose against the best measured (issue 12).
 
 Timings are medians of wall-clock repeats after a warm-up; on a shared CPU they are noisy, so the ratios
 (measured in the same run) are the figures to read, not the absolute milliseconds.
@@ -353,6 +355,14 @@ def bench_training(s: Settings) -> list[dict]:
     return run(s)
 
 
+# ------------------------------------------------------------------------------------------ 6. precision and layout
+def bench_machine(s: Settings):
+    """fp32 vs bf16 and one vs two processes for both stages, and ``auto``'s choices (lab/bench_machine.py)."""
+    from lab.bench_machine import bench_machine as run
+
+    return run(s)
+
+
 # ------------------------------------------------------------------------------------------ tables
 # (key, header, format) per column; formats: s str, i int, h human count, b bytes, f float, x ratio
 PARTS: dict[str, dict] = {
@@ -403,6 +413,21 @@ PARTS: dict[str, dict] = {
                "DataLoader alone, as a share of the step. cache speed-up: the generator step encoding its images "
                "every step over the step reading cached features. compile speed-up: minimal loop without / with "
                "torch.compile of the transformer (after its compilation)."]),
+    "machine": dict(fn=bench_machine, columns=[
+        ("stage", "stage", "s"), ("size", "size", "s"), ("layout", "layout (global batch 32)", "s"),
+        ("precision", "precision", "s"), ("ms_per_step", "ms/step", "f"), ("steps", "timed steps", "i"),
+        ("images_per_s", "images/s", "f"), ("bf16_speedup", "bf16 speed-up", "x"), ("vs_best", "/ best", "x"),
+        ("status", "status", "s")],
+        notes=["Each stage's training step (minimal loop: train_loss, AdamW, clipping; untrained cpu-scale models on "
+               "emoji32: the quickstart's tokenizer, c2i_fashion's transformer on cached features) at a global batch of 32: "
+               "one process on every core, or two DDP processes (gloo, spawned) of 16 images on one core each, in fp32 "
+               "and under bf16 autocast (trainer.precision=bf16-mixed), fp32 and bf16 steps taken in turn (a busy "
+               "machine's load falls on both alike). ms/step: the median wall time of one global step.",
+               "auto rows: the precision lab.machine.resolve_precision('auto') picks here, and the layout "
+               "trainer.devices=auto picks (lab.machine.cpu_processes), over the best measured; issue 12's target <= 1.05.",
+               "Every case stops after its time budget (16 s of timed steps for both precisions; a warm-up that overruns it is reported "
+               "instead), so the part ends in bounded time on a CPU that emulates bf16. The probe row is the cached "
+               "start-up probe of trainer.precision=auto."]),
     "generator_train": dict(fn=bench_generator_train, columns=[
         ("item", "item", "s"), ("size", "size", "s"), ("correction", "correction", "s"), ("batch", "batch", "i"),
         ("params", "params", "h"), ("ms", "ms", "f"), ("n", "n", "i"), ("tokens_per_s", "tokens/s", "f"),

@@ -3,6 +3,7 @@ minimal hand-written loop, cached encoder features against encoding every step, 
 from __future__ import annotations
 
 import time
+from typing import Iterator
 
 import torch
 
@@ -20,6 +21,7 @@ def _stage_module(stage: str, size: str, quick: bool):
     if stage == "tokenizer":
         # one process at the old quickstart's batch (the quickstart itself now trains as two DDP processes)
         cfg = load_experiment("quickstart", [f"data.limit={limit}", "trainer.devices=1", "trainer.strategy=auto",
+                                             "loader.global_batch_size=null", "trainer.precision=32-true",
                                              "loader.batch_size=%d" % (16 if quick else 64)])
         module = TokenizerModule(to_dict(cfg))
     else:
@@ -36,33 +38,17 @@ def _stage_module(stage: str, size: str, quick: bool):
     return cfg, module, dm
 
 
-def _minimal_loop(module, loader, steps: int, warmup: int, bf16: bool = False) -> float:
+def _minimal_loop(module, loader, steps: int, warmup: int, bf16: bool = False, budget: float = float("inf")) -> float:
     """Seconds per step of a hand-written loop: the same loss code, AdamW, gradient clipping, no framework.
-    ``bf16``: the forward under bf16 autocast, what ``trainer.precision=bf16-mixed`` does."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95))
-    module.train()
-    it = iter(loader)
-    t0 = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            t0 = time.perf_counter()
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(loader)
-            batch = next(it)
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = module.train_loss(batch)
-        loss = loss[0] if isinstance(loss, tuple) else loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-    return (time.perf_counter() - t0) / steps
+    ``bf16``: the forward under bf16 autocast, what ``trainer.precision=bf16-mixed`` does. At most ``steps`` timed
+    steps and about ``budget`` seconds of them (lab.bench_machine.timed: bounded on a slow CPU)."""
+    from lab.bench_machine import _Loss, _stepper, timed
+
+    step = _stepper(_Loss(module), loader)
+    return timed(lambda: step(bf16), warmup, steps, budget)[0]
 
 
-def _lightning_loop(cfg, module, dm, steps: int, warmup: int) -> float:
+def _lightning_loop(cfg, module, dm, steps: int, warmup: int, budget: float = float("inf")) -> float:
     """Seconds per step of the real Trainer (build_trainer: TensorBoard logging, checkpoint callbacks,
     progress bar), validation off, timed from the first step after the warm-up to the last."""
     import tempfile
@@ -82,6 +68,9 @@ def _lightning_loop(cfg, module, dm, steps: int, warmup: int) -> float:
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             marks["end"] = time.perf_counter()
+            marks["steps"] = trainer.global_step - warmup
+            if "start" in marks and marks["end"] - marks["start"] > budget:
+                trainer.should_stop = True  # the case's time budget: bounded on a slow CPU
 
     cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     with open_dict(cfg):
@@ -90,15 +79,15 @@ def _lightning_loop(cfg, module, dm, steps: int, warmup: int) -> float:
     with tempfile.TemporaryDirectory() as tmp, _quiet_stderr():
         trainer = build_trainer(cfg, Path(tmp), extra_callbacks=[Clock()])
         trainer.fit(module, datamodule=dm)
-    return (marks["end"] - marks["start"]) / steps
+    return (marks["end"] - marks["start"]) / max(marks.get("steps", steps), 1)
 
 
-def bench_training(s: Settings) -> list[dict]:
+def bench_training(s: Settings) -> Iterator[dict]:
     """Training throughput of both stages at cpu scale, and what the framework and the caches cost: the
     Lightning Trainer vs a minimal hand-written loop on the same module and batches; the generator with
     cached encoder features vs encoding the images every step; data loading alone."""
     steps, warmup = (3, 1) if s.quick else (25, 3)
-    rows = []
+    budget = s.max_seconds  # seconds of timed steps per loop: the part ends in bounded time on a slow CPU
     cases = [("tokenizer", "")] + [("generator", size) for size in (("xs",) if s.quick else ("xs", "s"))]
     for stage, size in cases:
         _progress(f"training: {stage} {size}")
@@ -107,8 +96,8 @@ def bench_training(s: Settings) -> list[dict]:
         B = cfg["loader"]["batch_size"]
         tokens = module.model.L if stage == "generator" else None
         loader = dm.train_dataloader()
-        t_min = _minimal_loop(module, loader, steps, warmup)
-        t_pl = _lightning_loop(cfg, module, dm, steps, warmup)
+        t_min = _minimal_loop(module, loader, steps, warmup, budget=budget)
+        t_pl = _lightning_loop(cfg, module, dm, steps, warmup, budget=budget)
         loader = dm.train_dataloader()
         it = iter(loader)
         t0 = time.perf_counter()
@@ -121,27 +110,26 @@ def bench_training(s: Settings) -> list[dict]:
         t_data = (time.perf_counter() - t0) / steps
         base = dict(stage=stage, size=size or "-", batch=B)
         for loop, t in (("minimal", t_min), ("lightning", t_pl)):
-            rows.append(dict(base, loop=loop, ms_per_step=1e3 * t, images_per_s=B / t,
-                             tokens_per_s=B * tokens / t if tokens else None,
-                             vs_minimal=_ratio(t, t_min) if loop == "lightning" else None,
-                             data_pct=100 * t_data / t))
+            yield dict(base, loop=loop, ms_per_step=1e3 * t, images_per_s=B / t,
+                       tokens_per_s=B * tokens / t if tokens else None,
+                       vs_minimal=_ratio(t, t_min) if loop == "lightning" else None,
+                       data_pct=100 * t_data / t)
         # bf16 autocast, timed right after the fp32 loop on the same module and batches
-        t_bf = _minimal_loop(module, loader, steps, warmup, bf16=True)
-        rows.append(dict(base, loop="minimal, bf16 autocast", ms_per_step=1e3 * t_bf, images_per_s=B / t_bf,
-                         tokens_per_s=B * tokens / t_bf if tokens else None, bf16_speedup=_ratio(t_min, t_bf)))
+        t_bf = _minimal_loop(module, loader, steps, warmup, bf16=True, budget=budget)
+        yield dict(base, loop="minimal, bf16 autocast", ms_per_step=1e3 * t_bf, images_per_s=B / t_bf,
+                   tokens_per_s=B * tokens / t_bf if tokens else None, bf16_speedup=_ratio(t_min, t_bf))
         if stage == "generator":
             features = module.features
             module.features = {}  # encode every batch's images with the frozen tokenizer instead
-            t_enc = _minimal_loop(module, loader, steps, warmup)
+            t_enc = _minimal_loop(module, loader, steps, warmup, budget=budget)
             module.features = features
-            rows.append(dict(base, loop="minimal, no feature cache", ms_per_step=1e3 * t_enc, images_per_s=B / t_enc,
-                             tokens_per_s=B * tokens / t_enc, cache_speedup=_ratio(t_enc, t_min)))
+            yield dict(base, loop="minimal, no feature cache", ms_per_step=1e3 * t_enc, images_per_s=B / t_enc,
+                       tokens_per_s=B * tokens / t_enc, cache_speedup=_ratio(t_enc, t_min))
             if not s.quick:
                 try:
                     module.model.compile()
-                    t_c = _minimal_loop(module, loader, steps, warmup + 2)
-                    rows.append(dict(base, loop="minimal, torch.compile", ms_per_step=1e3 * t_c, images_per_s=B / t_c,
-                                     tokens_per_s=B * tokens / t_c, compile_speedup=_ratio(t_min, t_c)))
+                    t_c = _minimal_loop(module, loader, steps, warmup + 2, budget=budget)
+                    yield dict(base, loop="minimal, torch.compile", ms_per_step=1e3 * t_c, images_per_s=B / t_c,
+                               tokens_per_s=B * tokens / t_c, compile_speedup=_ratio(t_min, t_c))
                 except Exception as e:  # noqa: BLE001 - recorded, not fatal (e.g. no C++ compiler)
-                    rows.append(dict(base, loop="minimal, torch.compile", status=f"failed: {type(e).__name__}"))
-    return rows
+                    yield dict(base, loop="minimal, torch.compile", status=f"failed: {type(e).__name__}")

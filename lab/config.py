@@ -154,6 +154,7 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
         "data": lambda n: validate(data.DATASETS, n, "data"),
         "tokenizer": lambda n: check_kwargs(tokenizer.Tokenizer, n, "tokenizer", injected=("quantizer",)),
         "trainer": lambda n: check_kwargs(pl.Trainer, n, "trainer"),
+        "logger": _check_loggers,
     }
     try:
         from lab import correction, heads, transformer
@@ -164,6 +165,12 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
     except ImportError:  # the generator stage is optional for tokenizer-only installs
         pass
     return checks
+
+
+def _check_loggers(names: Any) -> None:
+    from lab.tracking import check_loggers
+
+    check_loggers(to_dict(names))
 
 
 def _check_quantizer(node: Mapping[str, Any]) -> None:
@@ -179,6 +186,25 @@ def _check_quantizer(node: Mapping[str, Any]) -> None:
             quantizers.build_quantizer(dict(node), dim=16)
     except ValueError as e:
         raise ConfigError(f"Invalid quantizer {dict(node)}: {e}.") from None
+
+
+def _check_eval(ev: Mapping[str, Any]) -> None:
+    """The evaluation's sizes (lab/fid_protocol.py): an FID over fewer than 10 images means nothing."""
+    from lab.fid_protocol import MIN_SAMPLES
+
+    n = ev.get("fid_samples")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0 or 0 < n < MIN_SAMPLES:
+        raise ConfigError(f"eval.fid_samples={n!r}: give 0 (no rFID / gFID) or at least {MIN_SAMPLES} images "
+                          "(2048 or more for a full-rank FID; smaller N: compare KID).")
+    lim = ev.get("fid_reference_limit")
+    if lim is not None and (isinstance(lim, bool) or not isinstance(lim, int) or lim < MIN_SAMPLES):
+        raise ConfigError(f"eval.fid_reference_limit={lim!r}: give null (the whole real split is the FID "
+                          f"reference) or at least {MIN_SAMPLES} images (a seeded subset of the split).")
+    for key, low in (("kid_subsets", 1), ("kid_subset_size", 2)):
+        v = ev.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"eval.{key}={v!r}: give an integer of at least {low} (torchmetrics' defaults: "
+                              "100 subsets of 1000 images).")
 
 
 def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | None = None,
@@ -222,6 +248,10 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
 
         check_seeds(cfg["seeds"], False)  # (the smoke preset's seeds: [0] serves sweeps and is ignored elsewhere)
     check_ranges(cfg)
+    _check_eval(cfg.get("eval") or {})
+    from lab.machine import resolve_layout
+
+    resolve_layout(cfg["trainer"], cfg["loader"])  # devices: auto / global_batch_size problems, before any run
     conf = OmegaConf.create(cfg)
     OmegaConf.set_struct(conf, True)
     for node in OPEN_NODES:

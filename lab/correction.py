@@ -1,11 +1,12 @@
 """Self-correction strategies and the teacher-forced inputs/labels they rewrite.
 
-Where it sits (Infinity, ``bitwise_self_correction.py::flip_requant``; DESIGN data flow step 4): with the
-tokenizer frozen, the encoder features ``f`` are quantized scale by scale. A strategy corrupts the codes of
-scale k; the prefix sum ``f_hat`` that feeds the next scale's input is rebuilt from the corrupted codes.
-With ``requantize: true`` the labels of later scales are re-quantized against that corrupted ``f_hat``
-(they then say how to *correct* the mistake: Infinity's BSC); with ``requantize: false`` the labels stay
-the clean ones (the "random flip only" row of Infinity Tab.7). The transformer never knows which is on.
+Where it sits (Infinity, ``bitwise_self_correction.py::flip_requant``): in the generator's training step
+(``GeneratorModule`` in lab/generator.py calls ``teacher_forcing`` below). With the tokenizer frozen, the
+encoder features ``f`` are quantized scale by scale. A strategy corrupts the codes of scale k; the prefix
+sum ``f_hat`` that feeds the next scale's input is rebuilt from the corrupted codes. With
+``requantize: true`` the labels of later scales are re-quantized against that corrupted ``f_hat`` (they then
+say how to *correct* the mistake: Infinity's BSC); with ``requantize: false`` the labels stay the clean ones
+(the "random flip only" row of Infinity Tab.7). The transformer never knows which is on.
 """
 from __future__ import annotations
 

@@ -237,12 +237,15 @@ def hf(*, path: str, image_key: str = "image", label_key: str | None = "label", 
        limit: int | None = None) -> datasets.DatasetDict:
     """Any Hugging Face dataset (hub name, local folder, parquet/arrow file or save_to_disk folder). Without
     ``val_split`` in the source, ``val_fraction`` of the train rows (hash of the row index) become validation.
+    ``label_key`` is optional: the default "label" is used when the dataset has that column, else no labels.
     String labels are numbered in sorted order; ``limit`` caps each source split."""
     src = _load_hf(path)
     if train_split not in src:
         raise DataError(f"hf dataset {path!r} has no split {train_split!r}; its splits are {list(src)}. "
                         "Set train_split (and val_split) to one of these.")
     cols = src[train_split].column_names
+    if label_key == "label" and "label" not in cols:
+        label_key = None  # the default names a column this dataset lacks: no labels (fine for a tokenizer)
     for key in (image_key, label_key, caption_key):
         if key is not None and key not in cols:
             raise DataError(f"hf dataset {path!r} ({train_split}) has no column {key!r}; its columns are {cols}. "

@@ -1,19 +1,21 @@
 """Final evaluation of a tokenizer: the numbers that go into ``metrics.json``.
 
-PSNR / SSIM / LPIPS on validation batches, rFID over ``eval.fid_samples`` validation images, and per
+PSNR / SSIM / LPIPS on validation batches, rFID and rKID of the reconstructions of ``eval.fid_samples`` validation
+images against the whole validation split (``lab.fid_protocol``; its floor: the same real images), and per
 scale: the PSNR of the reconstruction from the first k scales and the bit entropy (LFQ, BSQ) or code
 usage and perplexity (VQ) of scale k. A naive baseline measured on the same images sits beside them:
 bicubic down-sampling to the latent size and back up.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lab.metrics import FID, LPIPS, fid_cache_dir, bit_entropy, codebook_stats, psnr, ssim
+from lab.metrics import LPIPS, bit_entropy, codebook_stats, psnr, ssim
 from lab.tokenizer import Tokenizer
 
 
@@ -31,8 +33,15 @@ def _batches(loader: Iterable, limit: int) -> Iterable[dict]:
 
 @torch.no_grad()
 def evaluate_tokenizer(
-    tokenizer: Tokenizer, val_loader: Iterable, *, batches: int, fid_samples: int, lpips: LPIPS, device: Any = "cpu"
+    tokenizer: Tokenizer, val_loader: Iterable, *, batches: int, fid_samples: int, lpips: LPIPS, device: Any = "cpu",
+    protocol: Mapping | None = None,
 ) -> dict:
+    """The tokenizer's metrics.json entries. ``protocol``: the config's ``eval:`` node (the reference limit and the
+    KID settings, ``lab.fid_protocol.options``). The reference of rFID is the whole split of ``val_loader``
+    (its ``dataset.images``), limited to ``eval.fid_reference_limit`` images."""
+    from lab import fid_protocol as P
+
+    t_eval = time.time()
     tokenizer.eval().to(device)
     lpips = lpips.to(device)
     K = tokenizer.msq.num_scales
@@ -40,20 +49,22 @@ def evaluate_tokenizer(
     prefix_psnr = [0.0] * K
     codes_per_scale: list[list[Tensor]] = [[] for _ in range(K)]
     n_batches = 0
-    fid = FID(device=device, cache_dir=fid_cache_dir()) if fid_samples > 0 else None
+    extractor = P.InceptionFeatures().to(device) if fid_samples > 0 else None
+    fid_real: list[Tensor] = []  # uint8 originals of the reconstructed images (the floor; the reference fallback)
+    fid_feats: list[Tensor] = []  # Inception features of the reconstructions, batch by batch
     seen_fid = 0
     for i, batch in enumerate(val_loader):
         x = batch["image"].to(device)
         in_metric_batches = i < batches
-        need_fid = fid is not None and seen_fid < fid_samples
+        need_fid = extractor is not None and seen_fid < fid_samples
         if not in_metric_batches and not need_fid:
             break
         q = tokenizer.msq(tokenizer.encode(x), keep_prefixes=in_metric_batches)
         x_hat = tokenizer.decode(q.f_hat).clamp(-1, 1)
         if need_fid:
             take = min(x.shape[0], fid_samples - seen_fid)
-            fid.update(x[:take], real=True)
-            fid.update(x_hat[:take], real=False)
+            fid_real.append(P.to_uint8(x[:take]).cpu())
+            fid_feats.append(extractor(x_hat[:take]).cpu())
             seen_fid += take
         if not in_metric_batches:
             continue
@@ -82,11 +93,36 @@ def evaluate_tokenizer(
         per_scale["perplexity"] = [s["perplexity"] for s in st]
         metrics["codebook_usage"] = codebook_stats(torch.cat([torch.cat(c).flatten() for c in codes_per_scale]), V)["usage"]
     metrics["per_scale"] = per_scale
-    if fid is not None:
-        metrics["rfid"] = float(fid.compute())
+    if extractor is not None:
+        metrics.update(_rfid(torch.cat(fid_feats), torch.cat(fid_real), val_loader, protocol, device))
         metrics["fid_samples"] = seen_fid
     metrics["lpips_size"] = lpips.resize_to
+    metrics["eval_time_s"] = time.time() - t_eval
     return metrics
+
+
+def _rfid(recon_feats: Tensor, real: Tensor, val_loader: Any, protocol: Mapping | None, device: Any) -> dict:
+    """rFID / rKID of the reconstructions and their floor (the originals: what a perfect tokenizer scores), both
+    against the reference of the evaluated split."""
+    from lab import fid_protocol as P
+
+    opts = P.options(protocol)
+    kid_kw = {"kid_subsets": opts["kid_subsets"], "kid_subset_size": opts["kid_subset_size"]}
+    split = getattr(val_loader, "dataset", None)
+    images = getattr(split, "images", None)
+    what = f"the floor: {real.shape[0]} validation images"
+    if images is None:  # a plain iterable of batches: the evaluated images are all there is
+        images, name = real, "validation (the evaluated images)"
+        floor_feats = P.features_of(real, device=device, what=what)
+    else:
+        name = "validation"
+        floor_feats = P.prefix_features(images, real.shape[0], device=device, what=what)
+        if floor_feats.key != P.images_key(real):  # not the split's first images (a shuffled loader): by value
+            floor_feats = P.features_of(real, device=device, what=what)
+    ref, info = P.reference(images, split=name, limit=opts["fid_reference_limit"], device=device)
+    floor = P.cached_score(floor_feats, ref, **kid_kw)
+    main = P.score(P.FeatureSet(recon_feats, "reconstructed"), ref, **kid_kw)
+    return P.protocol_metrics("rfid", "rkid", main, info, floor=floor, kid_subsets=opts["kid_subsets"])
 
 
 def format_per_scale(per_scale: Mapping[str, Any]) -> str:

@@ -113,11 +113,17 @@ class GeneratorModule(CheckpointedRNG, pl.LightningModule):
         tok_loss, logits, labels = self.losses(batch, "train", self.correction, drop)
         return (tok_loss * self.weights).sum(1).mean()
 
+    @property
+    def loss_name(self) -> str:
+        """The head's loss under its own name (TensorBoard tags): a bit's BCE and a token's CE differ in scale."""
+        return "bits_bce" if self.cfg["head"]["name"] == "bitwise" else "index_ce"
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self.train_loss(batch)
         check_finite(loss, self.global_step, {"loss": loss})
-        self.log("train/loss", loss)
-        self.log("loss", loss, prog_bar=True, logger=False)
+        B = batch["label"].shape[0]  # (the batch dict holds captions too: Lightning cannot infer its size)
+        self.log(f"train/{self.loss_name}", loss, batch_size=B)
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=B)
         return loss
 
     def per_scale(self, values: Tensor) -> list[Tensor]:
@@ -126,12 +132,15 @@ class GeneratorModule(CheckpointedRNG, pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         tok_loss, logits, labels = self.losses(batch, "validation", NoCorrection(), None)
-        log = {"val/loss": tok_loss.mean(), "val/token_accuracy": self.head.correct(logits, labels).mean(),
+        B = batch["label"].shape[0]
+        log = {f"val/{self.loss_name}": tok_loss.mean(), "val/token_accuracy": self.head.correct(logits, labels).mean(),
                "val/bit_accuracy": self.head.bit_agreement(logits, labels).mean()}
         for k, v in enumerate(self.per_scale(tok_loss)):
-            log[f"val_scale/loss_{k}"] = v
-        self.log_dict(log, prog_bar=False, sync_dist=True)
-        self.log("val_loss", log["val/loss"], prog_bar=True, logger=False, sync_dist=True)
+            log[f"val_scale/{self.loss_name}_{k}"] = v
+        self.log_dict(log, prog_bar=False, sync_dist=True, batch_size=B)
+        # what ModelCheckpoint monitors (lab/run.py); not in TensorBoard, where each head's loss has its own name
+        self.log("val/loss", tok_loss.mean(), logger=False, sync_dist=True, batch_size=B)
+        self.log("val_loss", tok_loss.mean(), prog_bar=True, logger=False, sync_dist=True, batch_size=B)
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.is_global_zero or self.logger is None or self.trainer.sanity_checking:

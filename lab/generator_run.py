@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from lab.config import to_dict
 from lab.generator import GeneratorModule
-from lab.metrics import FID, count_params, fid_cache_dir, peak_memory_mb, reset_peak_memory
+from lab.machine import metrics_record, resolve_precision, resolve_run_settings
+from lab.metrics import count_params, peak_memory_mb, reset_peak_memory
 from lab.registry import ConfigError
 from lab.run import atomic_torch_save, build_datamodule, exclusive, build_trainer, cpu_load, eval_device, timer_of, check_checkpoint_matches, log_final, make_run_dir, process_rank, runs_root, save_config, seed_all, step_flops, summary, write_metrics
 from lab.sampling import SampleOptions, sample_images
@@ -37,8 +38,13 @@ def tokenizer_config(cfg: DictConfig) -> DictConfig:
     tt = d["tokenizer_train"]
     d.update(stage="tokenizer", seed=tt["seed"], resume=False, run_id="run")
     d["trainer"] = {**d["trainer"], "max_steps": tt["max_steps"], "val_check_interval": min(d["trainer"]["val_check_interval"], tt["max_steps"])}
-    if tt.get("precision") is not None:
-        d["trainer"]["precision"] = tt["precision"]
+    # the tokenizer stage's own precision: tokenizer_train.precision, else what the experiment asked for (before
+    # this generator stage resolved it: `auto` is resolved here again, for this stage)
+    requested = tt["precision"] if tt.get("precision") is not None else (d.get("resolved") or {}).get("precision_requested", d["trainer"]["precision"])
+    precision, why = resolve_precision(requested, d["trainer"].get("accelerator", "cpu"), "tokenizer")
+    d["trainer"]["precision"] = precision
+    d["resolved"] = {"precision_requested": str(requested), "precision": precision, "precision_reason": why}
+    d["loader"] = {**d["loader"], "global_batch_size": None}  # tokenizer_train.batch_size is per process
     d["optim"] = {**d["optim"], "learning_rate": tt["learning_rate"], "ema_decay": 0.0}
     d["loader"] = {**d["loader"], "batch_size": tt["batch_size"]}
     d["eval"] = {**d["eval"], "fid_samples": 0}
@@ -186,6 +192,7 @@ def free_running_accuracy(module: GeneratorModule, batch: dict) -> list[float]:
 def evaluate_generator(module: GeneratorModule, dm, cfg: Any) -> dict:
     from lab.correction import NoCorrection
 
+    t_eval = time.time()
     module.eval()
     K = len(module.tokenizer.scales)
     ev = cfg["eval"]
@@ -221,22 +228,33 @@ def evaluate_generator(module: GeneratorModule, dm, cfg: Any) -> dict:
             f = torch.cat([module.tokenizer.encode(b["image"].to(module.device)) for b in dm.ordered_loader("validation")])
         m["label_noise"] = label_noise_sensitivity(module.tokenizer.msq, f[:512].to(module.device), ev["label_noise"])
     if ev["fid_samples"] > 0:
-        m["gfid"], m["fid_samples"], m["sampling_time_s"] = gfid(module, dm, cfg, ev["fid_samples"])
+        m.update(gfid(module, dm, cfg, ev["fid_samples"]))
         m["sample_images_per_s"] = m["fid_samples"] / max(m["sampling_time_s"], 1e-9)
+    m["eval_time_s"] = time.time() - t_eval
     return m
 
 
 @torch.no_grad()
-def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> tuple[float, int, float]:
-    """FID of generated images, conditioned on the validation set's labels/captions, against those images.
-    -> (gFID, number of images, seconds spent generating them: sampling and decoding, not Inception)."""
-    fid = FID(device=module.device, cache_dir=fid_cache_dir())
-    seen, gen_time = 0, 0.0
+def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> dict:
+    """gFID and KID of ``n`` generated images, conditioned on the first ``n`` validation images' labels/captions,
+    against the Inception features of the training split (``eval.fid_reference_limit``: a seeded subset), with
+    the floor (those ``n`` real validation images) and the ceiling (``n`` images decoded from random codes) of
+    ``lab.fid_protocol``. -> metrics.json entries, ``fid_samples`` and ``sampling_time_s`` (sampling and decoding
+    only) included."""
+    from lab import fid_protocol as P
+
+    opts = P.options(cfg["eval"])
+    kid_kw = {"kid_subsets": opts["kid_subsets"], "kid_subset_size": opts["kid_subset_size"]}
+    device = module.device
+    ref, ref_info = P.reference(dm.splits["train"].images, split="train", data=str(cfg["data"]["name"]),
+                                limit=opts["fid_reference_limit"], device=device)
+    extractor = P.InceptionFeatures().to(device)
+    feats, seen, gen_time, inc_time = [], 0, 0.0, 0.0
     for i, batch in enumerate(dm.ordered_loader("validation")):
         if seen >= n:
             break
         take = min(batch["image"].shape[0], n - seen)
-        b = {k: (v[:take].to(module.device) if torch.is_tensor(v) else v[:take]) for k, v in batch.items()}
+        b = {k: (v[:take].to(device) if torch.is_tensor(v) else v[:take]) for k, v in batch.items()}
         cond = {}
         if module.model.cond_kind == "class":
             cond["labels"] = b["label"]
@@ -244,11 +262,20 @@ def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> tuple[float, int, flo
             cond["text"] = module.batch_text(b, "validation")
         t0 = time.perf_counter()
         imgs = sample_images(module.model, module.head, module.tokenizer, batch_size=take, opts=sample_opts(cfg, seed=i), **cond)
-        gen_time += time.perf_counter() - t0
-        fid.update(b["image"], real=True)
-        fid.update(imgs, real=False)
+        t1 = time.perf_counter()
+        feats.append(extractor(imgs).cpu())  # one batch of generated images through Inception at a time
+        gen_time, inc_time = gen_time + t1 - t0, inc_time + time.perf_counter() - t1
         seen += take
-    return float(fid.compute()), seen, gen_time
+    fake = P.FeatureSet(torch.cat(feats), "generated")
+    floor = P.cached_score(P.prefix_features(dm.splits["validation"].images, seen, device=device,
+                                             what=f"the floor: {seen} validation images"), ref, **kid_kw)
+    rand = P.random_code_images(module.tokenizer, seen, device=device)
+    ceiling = P.cached_score(P.features_of(rand, device=device, what=f"the ceiling: {seen} random-code images"),
+                             ref, **kid_kw)
+    m = P.protocol_metrics("gfid", "kid", P.score(fake, ref, **kid_kw), ref_info, floor=floor, ceiling=ceiling,
+                           kid_subsets=opts["kid_subsets"])
+    m.update(fid_samples=seen, sampling_time_s=gen_time, inception_time_s=inc_time)
+    return m
 
 
 def preflight(cfg: DictConfig) -> None:
@@ -287,9 +314,13 @@ def preflight(cfg: DictConfig) -> None:
 
 def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
     preflight(cfg)
+    resolve_run_settings(cfg)  # the generator stage's precision / layout (its tokenizer stage resolves its own)
     seed_all(cfg)
     dm = build_datamodule(cfg)
     dm.setup("fit")
+    from lab.fid_protocol import check_eval_size
+
+    check_eval_size(cfg["eval"]["fid_samples"], len(dm.splits["validation"]))  # before any training
     tok_module, tdir = resolve_tokenizer(cfg)
     seed_all(cfg)
     module = GeneratorModule(to_dict(cfg), tok_module.tokenizer, num_classes=dm.num_classes)
@@ -319,6 +350,7 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
             params=count_params(module.model) + count_params(module.head), head_params=module.head_params(),
             steps=int(trainer.global_step), wall_time_s=time.time() - t0, train_time_s=train_time,
             peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(), tokenizer=str(tdir), flops_per_step=step_flops(module, dm),
+            steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg),
             **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
         )
         write_metrics(run_dir, metrics)

@@ -66,7 +66,8 @@ class IndexHead(nn.Module):
         return F.cross_entropy(logits.transpose(1, 2).float(), t, reduction="none", label_smoothing=self.label_smoothing)
 
     def correct(self, logits: Tensor, codes: Tensor) -> Tensor:
-        """Per-token accuracy (B, L) in {0,1}, and for bit codes the per-bit agreement is derived too."""
+        """Per-token accuracy (B, L) in {0,1}: the argmax index equals the target (bit codes packed to their
+        index). The per-bit agreement is ``bit_agreement``."""
         return (logits.argmax(-1) == self.targets(codes)).float()
 
     def bit_agreement(self, logits: Tensor, codes: Tensor) -> Tensor:

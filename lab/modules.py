@@ -147,8 +147,9 @@ class TokenizerModule(CheckpointedRNG, pl.LightningModule):
             vals = [s[key] for s in out.quant.stats if key in s]
             if vals:
                 log[f"train/{key}"] = torch.stack(vals).mean()
-        self.log_dict(log, prog_bar=False)
-        self.log("loss", loss, prog_bar=True, logger=False)
+        B = batch["image"].shape[0]  # (the batch dict holds captions too: Lightning cannot infer its size)
+        self.log_dict(log, prog_bar=False, batch_size=B)
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=B)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -157,10 +158,11 @@ class TokenizerModule(CheckpointedRNG, pl.LightningModule):
         rec = self.recon(out.x_hat, x)
         lp = self.metric_lpips(out.x_hat, x).mean()
         lp_loss = lp if self.lpips is self.metric_lpips else self.lpips(out.x_hat, x).mean()
-        self.log_dict(
-            {"val/loss": rec + self.lpips_weight * lp_loss, "val/psnr": psnr(out.x_hat, x), "val/lpips": lp},
-            prog_bar=True, sync_dist=True,
-        )
+        loss = rec + self.lpips_weight * lp_loss
+        self.log_dict({"val/recon_loss": loss, "val/psnr": psnr(out.x_hat, x), "val/lpips": lp},
+                      prog_bar=True, sync_dist=True, batch_size=x.shape[0])
+        # what ModelCheckpoint monitors (lab/run.py); not in TensorBoard, where each stage's loss has its own name
+        self.log("val/loss", loss, logger=False, sync_dist=True, batch_size=x.shape[0])
         if batch_idx == 0 and self.trainer.is_global_zero and self.logger is not None:
             n = min(8, x.shape[0])
             prefixes = self.served.decode_prefixes(x[:n])

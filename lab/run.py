@@ -16,12 +16,12 @@ from typing import Any, Callable
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
-from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from lab.config import ROOT, save_config, to_dict
 from lab.data import ImageDataModule
+from lab.machine import metrics_record, resolve_precision, resolve_run_settings
 from lab.metrics import count_params, peak_memory_mb, reset_peak_memory, train_step_flops
 from lab.registry import ConfigError
 
@@ -247,7 +247,12 @@ def share_cpu_threads(trainer_kw: dict) -> int | None:
 
 
 def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) -> pl.Trainer:
+    from lab import quiet
+
+    quiet.install()  # known-harmless warnings and Lightning's tips hidden unless --verbose
     trainer_kw = dict(to_dict(cfg["trainer"]))
+    if str(trainer_kw.get("precision")) == "auto":  # a caller that skipped resolve_run_settings: Lightning needs a value
+        trainer_kw["precision"] = resolve_precision("auto", trainer_kw.get("accelerator", "cpu"), str(cfg["stage"]))[0]
     warn_if_cpu_busy(trainer_kw)
     share_cpu_threads(trainer_kw)
     ckpt_dir = run_dir / "checkpoints"
@@ -256,11 +261,14 @@ def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) 
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last-step", save_last=True,
                            every_n_train_steps=cfg["checkpoint_every_n_steps"], save_top_k=0,
                            enable_version_counter=False)  # always last.ckpt, never a stray last-v1.ckpt on resume
-    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="tb", default_hp_metric=False)
+    from lab.tracking import build_loggers
+
+    loggers = build_loggers(cfg, run_dir)  # `logger:` in the config: tensorboard (default), csv, wandb, mlflow
+    lr = [LearningRateMonitor(logging_interval="step")] if loggers else []
     return pl.Trainer(
         **trainer_kw,
-        logger=logger,
-        callbacks=[best, last, TQDMProgressBar(refresh_rate=10), StepTimer()] + list(extra_callbacks or []),
+        logger=loggers or False,
+        callbacks=[best, last, quiet.ProgressBar(refresh_rate=10), StepTimer()] + lr + list(extra_callbacks or []),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
         enable_model_summary=False,
@@ -308,9 +316,13 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     from lab.evaluate import evaluate_tokenizer, format_per_scale
     from lab.modules import TokenizerModule
 
+    resolve_run_settings(cfg)  # trainer.precision / devices: auto -> concrete values, recorded in cfg.resolved
     seed_all(cfg)
     dm = build_datamodule(cfg)
     dm.setup("fit")  # data problems surface before a run directory exists
+    from lab.fid_protocol import check_eval_size
+
+    check_eval_size(cfg["eval"]["fid_samples"], len(dm.splits["validation"]))
     module = TokenizerModule(to_dict(cfg))
     if cfg["compile"]:
         module.tokenizer.compile()  # in place: parameter names (and checkpoints) are unchanged
@@ -337,12 +349,12 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
         module.to(eval_device(cfg))
         metrics = evaluate_tokenizer(
             module.tokenizer, dm.val_dataloader(), batches=ev["batches"], fid_samples=ev["fid_samples"],
-            lpips=module.metric_lpips, device=module.device,
+            lpips=module.metric_lpips, device=module.device, protocol=ev,
         )
         metrics.update(
             params=count_params(module.tokenizer), steps=int(trainer.global_step),
             wall_time_s=time.time() - t0, train_time_s=train_time, peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(),
-            flops_per_step=step_flops(module, dm),
+            flops_per_step=step_flops(module, dm), steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg),
             **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
         )
         write_metrics(run_dir, metrics)
@@ -404,16 +416,7 @@ def flat_hparams(cfg: Any, prefix: str = "") -> dict:
 
 
 def log_final(trainer: pl.Trainer, cfg: Any, metrics: dict) -> None:
-    """Final metrics as scalars and in TensorBoard's HParams view, so runs can be compared there."""
-    logger = trainer.logger
-    if logger is None:
-        return
-    final = {f"final/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    logger.log_hyperparams(flat_hparams(cfg), final)
-    per = metrics.get("per_scale") or {}
-    for key, values in per.items():
-        if key != "scale":
-            for s, v in zip(per["scale"], values):
-                final[f"final_per_scale/{key}_{s}x{s}"] = float(v)
-    logger.log_metrics(final, step=int(trainer.global_step))
-    logger.finalize("success")
+    """Final metrics as scalars and in TensorBoard's HParams view, one view for every stage (lab/tracking.py)."""
+    from lab.tracking import log_final as log_to_loggers
+
+    log_to_loggers(trainer, cfg, metrics)

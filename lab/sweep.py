@@ -20,7 +20,7 @@ run directory with neither aside (nothing is deleted). Two invocations of one sw
 core with ``OMP_NUM_THREADS=1``) share its runs: each run is claimed by its run lock (``.s<seed>.lock``,
 lab/runlock.py). A finished run whose ``config.yaml`` differs from its point's config now is an error, never
 reported as this sweep's. At the end it writes ``runs/<NAME>/results.csv`` (one
-row per run), ``results.md`` (mean +- std over seeds) and ``plots/*.png`` (``report.plots`` of the YAML);
+row per run), ``results.md`` (mean +- std over seeds; verdicts against ``report.baseline``, ``lab/verdicts.py``) and ``plots/*.png`` (``report.plots`` of the YAML);
 ``python -m lab report NAME [--out DIR]`` rebuilds them from the runs without training.
 """
 from __future__ import annotations
@@ -46,8 +46,8 @@ CASES = "cases"
 # Columns every row has, before the swept values and the metrics.
 FIXED_COLUMNS = ("suite", "point", "seed", "run_dir", "status")
 # Headline metrics for results.md when the YAML names none (those present are shown).
-DEFAULT_METRICS = ("psnr", "lpips", "rfid", "bit_entropy", "codebook_usage", "val_loss", "bit_accuracy", "gfid",
-                   "params", "head_params", "flops_per_step", "wall_time_s", "peak_memory_mb")
+DEFAULT_METRICS = ("psnr", "lpips", "rfid", "rkid", "bit_entropy", "codebook_usage", "val_loss", "bit_accuracy",
+                   "gfid", "kid", "gfid_normalized", "params", "head_params", "flops_per_step", "wall_time_s", "peak_memory_mb")
 
 
 # ------------------------------------------------------------------------------------------------ grid
@@ -152,7 +152,8 @@ class Job:
 
 
 def plan(name: str, overrides: Sequence[str] = ()) -> tuple[DictConfig, list[Job]]:
-    """The suite's own config and one fully validated config per (point, seed): bad keys fail before training."""
+    """The suite's own config and one fully validated config per (point, seed): bad keys, and a baseline that is
+    not in the grid, fail before training."""
     suite = load_experiment(name, overrides)
     if not suite.get("sweep"):
         raise ConfigError(f"{name} has no `sweep:`; run it with `python -m lab run {name}`.")
@@ -160,8 +161,14 @@ def plan(name: str, overrides: Sequence[str] = ()) -> tuple[DictConfig, list[Job
     seeds = list(to_dict(suite["seeds"]) or [suite["seed"]])
     if not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"seeds must be a list of integers, got {seeds!r}.")
+    points = expand(sweep)
+    from lab.verdicts import check_report_node, parse_baseline
+
+    report = to_dict(suite["report"]) or {}
+    check_report_node(report)
+    parse_baseline(report.get("baseline"), [p.values for p in points], where=f"report.baseline of {name}")
     jobs = []
-    for point in expand(sweep):
+    for point in points:
         for seed in seeds:
             try:
                 cfg = load_experiment(name, overrides, layer=point.layer, layer_source=f"the sweep point {point.label}")
@@ -258,7 +265,22 @@ def run_sweep(name: str, overrides: Sequence[str] = ()) -> Path:
                                       "machine": machine()}]
     (sweep_dir / "sweep.json").write_text(json.dumps(manifest, indent=2, default=str))
     write_report(name, overrides, out=sweep_dir)
+    print(results_tables(sweep_dir / "results.md"))
     return sweep_dir
+
+
+def results_tables(md_path: Path) -> str:
+    """The markdown tables of a sweep's results.md (what a sweep prints at its end), blocks separated by a line."""
+    blocks, current = [], []
+    for line in (md_path.read_text().splitlines() if md_path.is_file() else []):
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            blocks.append("\n".join(current))
+            current = []
+    if current:
+        blocks.append("\n".join(current))
+    return "\n\n".join(blocks)
 
 
 def _claim(run_dir: Path) -> Path | None:

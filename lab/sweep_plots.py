@@ -63,7 +63,10 @@ def make_plots(rows: Sequence[Mapping], jobs: Sequence[Job], specs: Sequence[Map
             for h in hues:
                 sel = [p for p in pts if not hue or p[2] == h]
                 ax.scatter([p[0] for p in sel], [p[1] for p in sel], label=str(h))
-            r_val = pearson([p[0] for p in pts], [p[1] for p in pts])
+            heads = _ordered(r.get("head.name", "") for r in done)
+            if len(heads) > 1:  # bit BCE and index cross-entropy are never pooled into one r (report: per loss kind)
+                title = title or f"{y} vs {x} (r per loss kind: see the report)"
+            r_val = pearson([p[0] for p in pts], [p[1] for p in pts]) if len(heads) <= 1 else None
             title = title or f"{y} vs {x}" + (f" (Pearson r = {r_val:.2f}, n = {len(pts)})" if r_val is not None else "")
             ax.set_xlabel(x)
             ax.set_ylabel(y)
@@ -130,6 +133,10 @@ def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
     return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
 
 
+# the validation loss of each stage and head, under its own name: reconstruction, bit BCE, index CE
+STAGE_LOSS_TAGS = ("val/recon_loss", "val/bits_bce", "val/index_ce")
+
+
 def read_scalars(tb_dir: Path, tag: str) -> tuple[list[int], list[float]]:
     """(steps, values) of a scalar in a run's TensorBoard event files (last value per step)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -138,7 +145,10 @@ def read_scalars(tb_dir: Path, tag: str) -> tuple[list[int], list[float]]:
         return [], []
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    if tag not in acc.Tags().get("scalars", []):
+    have = acc.Tags().get("scalars", [])
+    if tag == "val/loss" and tag not in have:  # each stage's loss has its own tag (lab/modules.py, lab/generator.py)
+        tag = next((t for t in STAGE_LOSS_TAGS if t in have), tag)
+    if tag not in have:
         return [], []
     by_step = {e.step: e.value for e in acc.Scalars(tag)}
     steps = sorted(by_step)

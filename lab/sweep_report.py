@@ -1,5 +1,6 @@
 """The results of a sweep: ``results.csv`` (one row per run), ``results.md`` / ``report.md`` (mean +- std over
-seeds, the command, the wall time, the machine) and the plots. ``python -m lab report NAME`` rebuilds them."""
+seeds, the computed verdicts against the baseline, the floor and ceiling, the command, the wall time, the machine)
+and the plots. ``python -m lab report NAME`` rebuilds them."""
 from __future__ import annotations
 
 import csv
@@ -14,6 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from omegaconf import DictConfig
 
 from lab.config import to_dict
+from lab.numfmt import decimals_for, fmt_mean_sd
 from lab.sweep import DEFAULT_METRICS, FAILED, FIXED_COLUMNS, Job, _fmt_time, plan
 
 
@@ -96,15 +98,6 @@ def mean_std(values: Iterable[Any]) -> tuple[float, float, int] | None:
     return m, sd, len(xs)
 
 
-def _fmt(m: float, sd: float, n: int) -> str:
-    def one(x: float) -> str:
-        if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
-            return f"{x:.3g}"
-        return f"{x:.4g}" if abs(x) < 100 else f"{x:.1f}"
-
-    return one(m) + (f" ± {one(sd)}" if n > 1 else "")
-
-
 def group_rows(rows: Sequence[Mapping]) -> dict[str, list[Mapping]]:
     groups: dict[str, list[Mapping]] = {}
     for r in rows:
@@ -113,22 +106,128 @@ def group_rows(rows: Sequence[Mapping]) -> dict[str, list[Mapping]]:
 
 
 def markdown_table(rows: Sequence[Mapping], axes: Sequence[str], metrics: Sequence[str]) -> str:
+    """Mean ± sd over seeds per grid point; one number of decimals per column (``lab/numfmt.py``)."""
     done = [r for r in rows if r.get("status") == "done"]
     metrics = [m for m in metrics if any(_num(r.get(m)) is not None for r in done)]
-    head = list(axes) + ["seeds"] + list(metrics)
+    head = list(axes) + ["seeds"] + (list(metrics) or ["status"])  # status: where no run has finished
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, group_all in group_rows(rows).items():
+    groups = group_rows(rows)
+    stats = {(label, m): mean_std(r.get(m) for r in g if r.get("status") == "done") for label, g in groups.items() for m in metrics}
+    decimals = {m: decimals_for([ms[0] for (_, mm), ms in stats.items() if mm == m and ms]) for m in metrics}
+    for label, group_all in groups.items():
         group = [r for r in group_all if r.get("status") == "done"]
         cells = [str(group_all[0].get(a, "")) for a in axes] + [str(len(group))]
         if not group:  # every seed failed or has not run: say which
             statuses = sorted({str(r.get("status")) for r in group_all})
             cells += [", ".join(statuses).replace("_", " ")] + [""] * (len(metrics) - 1)
+        elif not metrics:
+            cells.append("done")
         else:
             for m in metrics:
-                ms = mean_std(r.get(m) for r in group)
-                cells.append(_fmt(*ms) if ms else "")
+                ms = stats[(label, m)]
+                cells.append(fmt_mean_sd(ms[0], ms[1], ms[2], decimals[m], n_expected=len(group)) if ms else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+FLOOR_CEILING = ("gfid", "gfid_floor", "gfid_ceiling", "gfid_normalized", "kid", "kid_floor", "kid_ceiling", "kid_normalized")
+
+
+def floor_ceiling_table(rows: Sequence[Mapping], axes: Sequence[str]) -> str:
+    """Where each case sits between real images (the floor: held-out real images of the same N against the same
+    reference) and noise (the ceiling: uniformly random codes through the same tokenizer): normalized =
+    (FID - floor) / (ceiling - floor). Empty when the runs did not record a floor and ceiling."""
+    done = [r for r in rows if r.get("status") == "done"]
+    if not any(_num(r.get("gfid_floor")) is not None or _num(r.get("gfid_ceiling")) is not None for r in done):
+        return ""
+    return "\n".join([
+        "## Floor and ceiling", "",
+        "Floor: held-out real images of the same N scored against the same reference; ceiling: uniformly random "
+        "codes decoded by the same tokenizer, same N; normalized = (score - floor) / (ceiling - floor): 0 is real, 1 "
+        "is noise. Mean ± sd over seeds:", "",
+        markdown_table(rows, axes, FLOOR_CEILING), ""])
+
+
+def verdict_metrics(report: Mapping[str, Any], stage: str, rows: Sequence[Mapping]) -> list[str]:
+    """``report.verdict_metrics``, else the stage's defaults that the results have."""
+    from lab.verdicts import DEFAULT_VERDICT_METRICS
+
+    named = list(report.get("verdict_metrics") or [])
+    if named:
+        return named
+    done = [r for r in rows if r.get("status") == "done"]
+    return [m for m in DEFAULT_VERDICT_METRICS.get(stage, ()) if any(_num(r.get(m)) is not None for r in done)]
+
+
+def verdicts_section(suite: DictConfig, rows: Sequence[Mapping], axes: Sequence[str]) -> str:
+    """The "Verdicts" section: every case against ``report.baseline`` (nothing when the suite names none)."""
+    from lab.verdicts import comparisons, markdown, parse_baseline
+
+    report = to_dict(suite["report"]) or {}
+    baseline = parse_baseline(report.get("baseline"), [{a: r.get(a, "") for a in axes} for r in rows])
+    if baseline is None:
+        return ""
+    metrics = verdict_metrics(report, str(suite["stage"]), rows)
+    results = comparisons(rows, axes, baseline, metrics, report.get("directions") or {})
+    if not results:
+        return "## Verdicts\n\nNone: no finished run has " + " or ".join(metrics or ["a verdict metric"]) + ".\n"
+    text = markdown(results, baseline)
+    unfinished = [r for r in rows if r.get("status") != "done"]
+    if unfinished:  # say so above the table: a verdict from part of the grid is not the suite's verdict
+        note = (f"**Incomplete: {len(unfinished)} of {len(rows)} runs have not finished** ("
+                + ", ".join(f"{r['point']}/s{r['seed']} {str(r.get('status')).replace('_', ' ')}" for r in unfinished[:8])
+                + (", ..." if len(unfinished) > 8 else "") + "): the verdicts use the finished seed pairs only.\n\n")
+        text = text.replace("## Verdicts\n\n", "## Verdicts\n\n" + note, 1)
+    return text
+
+
+def correlations_section(rows: Sequence[Mapping], specs: Sequence[Mapping], head: str | None = None) -> str:
+    """Pearson r with a 95 % percentile bootstrap interval over runs for each ``scatter`` plot of the report, per
+    loss kind: runs of a bitwise head (bit BCE) and of an index head (index cross-entropy) are never pooled, as
+    their losses are on different scales (grouped by the ``head.name`` column where the suite sweeps the head,
+    else every run has the suite's ``head``). States the sign convention of r."""
+    from lab.findings import LOSS_KINDS
+    from lab.stats import HIGHER, LOWER, NEUTRAL, bootstrap_correlation, direction
+
+    done = [r for r in rows if r.get("status") == "done"]
+    kinds: dict[str, list[Mapping]] = {}
+    for r in done:
+        h = str(r.get("head.name") or head or "")
+        kinds.setdefault(LOSS_KINDS.get(h, f"{h} head" if h else "all runs"), []).append(r)
+    side = {HIGHER: "higher is better", LOWER: "lower is better"}
+    lines: list[str] = []
+    signs: list[str] = []
+    for spec in specs:
+        if spec.get("kind") != "scatter":
+            continue
+        x, y = spec.get("x"), spec.get("y")
+        for kind, group in kinds.items():
+            pts = [(_num(r.get(x)), _num(r.get(y))) for r in group]
+            pts = [p for p in pts if p[0] is not None and p[1] is not None]
+            c = bootstrap_correlation([p[0] for p in pts], [p[1] for p in pts])
+            if c.r is None:
+                lines.append(f"- {kind}: r({x}, {y}) undefined over {c.n} runs (fewer than 3, or one of them constant).")
+            else:
+                ci = f" [{c.ci[0]:.2f}, {c.ci[1]:.2f}]" if c.ci else ""
+                lines.append(f"- {kind}: Pearson r({x}, {y}) = {c.r:.2f}{ci} over {c.n} runs (95 % percentile "
+                             f"bootstrap over runs, {c.n_boot:,} resamples).")
+        dx, dy = direction(x), direction(y)
+        if NEUTRAL not in (dx, dy):
+            good = ">" if dx * dy > 0 else "<"
+            signs.append(f"- Sign convention ({x}: {side[dx]}; {y}: {side[dy]}): r {good} 0 means a better {x} goes "
+                         f"with a better {y}" + (
+                             f". Infinity Fig.10's r ≈ -0.98 is the validation loss against metrics where higher is "
+                             f"better: the same direction is r {good} 0 here." if "loss" in str(x) else "."))
+    return "\n".join(["## Correlations", "", *lines, *dict.fromkeys(signs), ""]) if lines else ""
+
+
+def _evaluation_share(done: Sequence[Mapping], wall: float) -> str:
+    """The evaluation's share of the summed run wall time, when the runs recorded ``eval_time_s``."""
+    ev = [_num(r.get("eval_time_s")) for r in done]
+    if not ev or any(x is None for x in ev) or wall <= 0:
+        return ""
+    total = sum(ev)
+    return f"; the runs' evaluation (FID/KID, floor and ceiling) took {_fmt_time(total)} of it ({100 * total / wall:.0f} %)"
 
 
 def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = None) -> Path:
@@ -161,16 +260,22 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
         f"(`make experiment NAME={suite['name']}`{' ' + ' '.join(overrides) if overrides else ''}). Preset `{suite['preset']}`.",
         "",
         f"Runs: {len(done)} of {len(rows)} finished; summed run wall time {_fmt_time(wall)} "
-        f"(the tokenizers trained for them are not included)"
+        f"(the tokenizers trained for them are not included){_evaluation_share(done, wall)}"
         + (f"; the sweep command's wall time, tokenizers included: {_fmt_time(sum(i['wall_s'] for i in manifest['invocations']))}"
            f" over {len(manifest['invocations'])} invocation(s){_overlap(manifest['invocations'])}" if manifest.get("invocations") else "")
         + f"; machine: {_machines(manifest)}.",
         "",
-        "Mean ± sample std over seeds:",
+        *_fid_reference(done),
+        "Mean ± sample sd over seeds (`seeds`: the finished runs of each case; a cell says `(n seeds)` where fewer "
+        "of them have the metric, and `(1 seed)` where there is no sd):",
         "",
         markdown_table(rows, axes, metrics),
         "",
     ]
+    for section in (verdicts_section(suite, rows, axes), floor_ceiling_table(rows, axes),
+                    correlations_section(rows, report.get("plots") or [], _head_name(suite))):
+        if section:
+            md += [section.rstrip("\n"), ""]
     for p in plots:
         md += [f"![{p.stem}](plots/{p.name})", ""]
     md += ["Every run: `results.csv` (one row per run, every final metric). Rebuild this report with "
@@ -178,6 +283,18 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
     (out / ("results.md" if out == sweep_dir else "report.md")).write_text("\n".join(md))
     print(f"[sweep {suite['name']}] results: {out / 'results.csv'}, {out / ('results.md' if out == sweep_dir else 'report.md')}, {len(plots)} plots")
     return out
+
+
+def _head_name(suite: DictConfig) -> str | None:
+    """The head of a generator suite's runs (the loss kind of its validation loss); None for a tokenizer suite."""
+    if str(suite.get("stage")) != "generator" or not suite.get("head"):
+        return None
+    return str(suite["head"].get("name") or "") or None
+
+
+def _fid_reference(done: Sequence[Mapping]) -> list[str]:
+    refs = list(dict.fromkeys(str(r["fid_reference"]) for r in done if r.get("fid_reference") not in (None, "")))
+    return [f"FID/KID reference: {'; '.join(refs)}.", ""] if refs else []
 
 
 def _overlap(invocations: list[dict]) -> str:

@@ -254,6 +254,16 @@ def test_hf_missing_key_lists_columns(tmp_path):
     assert "'image'" in str(err.value) and all(c in str(err.value) for c in ("img", "kind", "text"))
 
 
+def test_hf_label_key_is_optional_for_unlabelled_data(tmp_path):
+    _parquet(tmp_path / "all.parquet", 6)  # columns img, kind, text: no "label"
+    dd = build_dataset({"name": "hf", "path": str(tmp_path / "all.parquet"), "image_key": "img", "size": 8},
+                       cache_dir=tmp_path / "cache")
+    assert set(dd["train"]["label"]) <= {-1} and set(dd["validation"]["label"]) <= {-1}
+    with pytest.raises(DataError, match="'kinds'"):  # a label column the user names must exist
+        build_dataset({"name": "hf", "path": str(tmp_path / "all.parquet"), "image_key": "img", "label_key": "kinds"},
+                      cache_dir=tmp_path / "cache")
+
+
 def test_hf_missing_path(tmp_path):
     with pytest.raises(DataError, match="no-such-dataset"):
         build_dataset({"name": "hf", "path": str(tmp_path / "no-such-dataset")}, cache_dir=tmp_path)

@@ -11,9 +11,12 @@ from lab.config import available_experiments, load_experiment
 from lab.registry import ConfigError
 from lab.run import run_experiment
 
-TOKENIZER_KEYS = {"psnr", "ssim", "lpips", "rfid", "per_scale", "wall_time_s", "peak_memory_mb", "train_peak_memory_mb"}
+TOKENIZER_KEYS = {"psnr", "ssim", "lpips", "rfid", "per_scale", "wall_time_s", "peak_memory_mb", "train_peak_memory_mb",
+                  "rkid", "rkid_std", "rfid_floor", "rkid_floor", "fid_reference", "eval_time_s"}
 GENERATOR_KEYS = {"val_loss", "token_accuracy", "bit_accuracy", "gfid", "params", "head_params", "per_scale",
-                  "wall_time_s", "peak_memory_mb", "train_peak_memory_mb"}
+                  "wall_time_s", "peak_memory_mb", "train_peak_memory_mb",
+                  "kid", "kid_std", "gfid_floor", "gfid_ceiling", "gfid_normalized", "kid_floor", "kid_ceiling",
+                  "kid_normalized", "fid_reference", "fid_note", "eval_time_s"}  # the evaluation protocol (issue 13)
 
 
 def smoke(name: str, tmp_path: Path, *extra: str):
@@ -36,6 +39,9 @@ def test_every_experiment_runs_at_smoke_scale(name, tmp_path):
     for k in keys - {"per_scale"}:
         assert saved[k] == saved[k], f"{k} is NaN"  # finite numbers
     assert 0 < saved["train_peak_memory_mb"] <= saved["peak_memory_mb"]  # training alone vs training + evaluation
+    assert 0 < saved["eval_time_s"] < saved["wall_time_s"]
+    assert saved["fid_reference"]["split"] == ("validation" if cfg.stage == "tokenizer" else "train")
+    assert saved["fid_reference"]["count"] <= cfg.eval.fid_reference_limit  # the smoke preset's small reference
     if cfg.stage == "tokenizer":
         assert ("bit_entropy" in saved) != ("codebook_usage" in saved)
         assert len(saved["per_scale"]["prefix_psnr"]) == len(cfg.tokenizer.get("scales", [1, 2, 3, 4, 6, 8]))
