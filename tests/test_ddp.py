@@ -27,7 +27,7 @@ def test_two_process_ddp_trains_both_stages_and_rank0_alone_writes(tmp_path):
 
     # exactly one run directory per stage (rank 1 created none), each complete
     tokenizers = list((runs / "_tokenizers").glob("*/run"))
-    generators = list((runs / "generator" / "c2i_fashion").iterdir())
+    generators = [p for p in (runs / "generator" / "c2i_fashion").iterdir() if p.is_dir()]  # (not the run locks)
     assert len(tokenizers) == 1 and len(generators) == 1
     for run_dir in tokenizers + generators:
         assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
