@@ -110,8 +110,9 @@ def released_after() -> Iterator[None]:
 
 # ------------------------------------------------------------------------------------------------ resume
 # Keys that may differ between a run and its resume without changing the result.
+# ("resolved" records the machine and why `auto` settings took their values: the values themselves are compared.)
 RESUME_IGNORED = ("resume", "run_id", "runs_dir", "resume_allow", "compile", "checkpoint_every_n_steps", "presets",
-                  "sweep", "seeds", "report", "loader.num_workers", "trainer.enable_progress_bar")
+                  "sweep", "seeds", "report", "loader.num_workers", "trainer.enable_progress_bar", "resolved")
 
 
 def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -225,6 +226,16 @@ def check_not_stale(jobs: list) -> None:
 
 
 def _plain(cfg: Any) -> dict:
+    """The job's config as its run would record it: ``auto`` settings resolved (lab/machine.py) on a copy."""
+    import copy
+
     from lab.config import to_dict
 
-    return to_dict(cfg)
+    resolved = copy.deepcopy(cfg)
+    try:
+        from lab.machine import resolve_run_settings
+
+        resolve_run_settings(resolved, verbose=False)
+    except Exception:  # noqa: BLE001 - compare what there is; the run itself reports a layout problem
+        resolved = cfg
+    return to_dict(resolved)
