@@ -251,7 +251,9 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
     manifest = {}
     if (sweep_dir / "sweep.json").is_file():
         manifest = json.loads((sweep_dir / "sweep.json").read_text())
-    header = _header_comment(name)
+    from lab.cli_info import header_comment  # the YAML's leading comment, read one way for list and report
+
+    header = header_comment(name)
     md = [f"# {suite['name']}", ""]
     if header:
         md += ["> " + line for line in header] + [""]
@@ -338,12 +340,3 @@ def machine(threads: bool = True) -> str:
             f"Python {sys.version.split()[0]}")
 
 
-def _header_comment(name: str) -> list[str]:
-    from lab.config import EXPERIMENTS
-
-    lines = []
-    for line in (EXPERIMENTS / f"{name}.yaml").read_text().splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line.lstrip("#").strip())
-    return lines
