@@ -14,7 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from lab.config import EXPERIMENTS, ROOT, available_experiments
+from lab import config
+from lab.config import ROOT, available_experiments
 
 # a duration as the YAML headers write it: "10 minutes", "9 min 18 s", "1h15m", "2 hours"
 _DURATION = r"(?:\d+h\d{2}m|\d+(?:\.\d+)? ?(?:minutes|min|hours?)\b(?: \d+ ?s\b)?)"
@@ -23,7 +24,8 @@ _DURATION = r"(?:\d+h\d{2}m|\d+(?:\.\d+)? ?(?:minutes|min|hours?)\b(?: \d+ ?s\b)
 def header_comment(name: str) -> list[str]:
     """The YAML's leading comment lines, without the '#'."""
     lines = []
-    for line in (EXPERIMENTS / f"{name}.yaml").read_text().splitlines():
+    # looked up at call time: tests (and tools) point config.EXPERIMENTS at another folder
+    for line in (config.EXPERIMENTS / f"{name}.yaml").read_text().splitlines():
         if not line.startswith("#"):
             break
         lines.append(line.lstrip("#").strip())
