@@ -13,20 +13,20 @@ def _fail(msg: str, code: int = 2) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     if args.verbose:
-        os.environ["BITLAB_VERBOSE"] = "1"  # read by lab.quiet (also in the processes a multi-device run starts)
+        os.environ["BITLAB_VERBOSE"] = "1"  # read by lab.runtime.quiet (also in the processes a multi-device run starts)
     if args.dry_run:
-        from lab.cli_info import dry_run
+        from lab.cli.info import dry_run
 
         return dry_run(args.name, args.overrides)
     from lab.config import load_experiment
-    from lab.run import run_experiment
+    from lab.stages.run import run_experiment
 
     cfg = load_experiment(args.name, args.overrides)
     if cfg.get("sweep"):
-        from lab.sweep import run_sweep
+        from lab.sweeps.sweep import run_sweep
 
         run_sweep(args.name, args.overrides)
-        from lab.sweep import incomplete
+        from lab.sweeps.sweep import incomplete
 
         missing = incomplete(args.name, args.overrides)
         if missing:
@@ -38,15 +38,15 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from lab.safety import check_report
-    from lab.sweep_report import write_report
+    from lab.sweeps.report import check_report
+    from lab.sweeps.report import write_report
 
     check_report(args.name, args.overrides, out=args.out, force=args.force)
     write_report(args.name, args.overrides, out=args.out)
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from lab.cli_info import cmd_list as list_experiments
+    from lab.cli.info import cmd_list as list_experiments
 
     list_experiments(args)
 
@@ -54,10 +54,10 @@ def cmd_list(args: argparse.Namespace) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The errors that are the user's to fix, printed as one line. A module that was never imported cannot have
     raised its own error, so the check imports nothing (``list`` and ``--help`` stay instant)."""
-    from lab.registry import ConfigError
+    from lab.core.registry import ConfigError
 
     found: list[type[BaseException]] = [ConfigError]
-    for module, name in (("lab.data", "DataError"), ("lab.modules", "NonFiniteLossError")):
+    for module, name in (("lab.data.datasets", "DataError"), ("lab.train.modules", "NonFiniteLossError")):
         if module in sys.modules:
             found.append(getattr(sys.modules[module], name))
     return tuple(found)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = argparse.ArgumentParser(prog="python -m lab", description="bitlab: image-tokenizer ablations")
     sub = parser.add_subparsers(dest="command", required=True)
-    from lab import findings  # light at import: reads results/, imports scipy only when it runs
+    from lab.sweeps import findings  # light at import: reads results/, imports scipy only when it runs
 
     findings.register(sub)
     p = sub.add_parser("run", help="train and evaluate an experiment (or a sweep)")
@@ -89,7 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("list", help="list the experiments: what each answers, and its run time where known")
     p.set_defaults(func=cmd_list)
-    from lab import cli_bench, cli_compare, cli_noise, cli_sample
+    from lab.cli import bench as cli_bench
+    from lab.cli import compare as cli_compare
+    from lab.cli import noise as cli_noise
+    from lab.cli import sample as cli_sample
 
     cli_compare.register(sub)
     cli_sample.register(sub)
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
-    from lab import signals
+    from lab.runtime import signals
 
     signals.install()
     try:
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _fail(str(e))
     except (KeyboardInterrupt, SystemExit) as e:
-        # Lightning turns Ctrl-C into sys.exit(1) and SIGTERM into SystemExit; lab.signals saw which it was
+        # Lightning turns Ctrl-C into sys.exit(1) and SIGTERM into SystemExit; lab.runtime.signals saw which it was
         if isinstance(e, SystemExit) and not signals.STOPPED:
             raise
         sig = signals.STOPPED.get("signal", "SIGINT")

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from lab.registry import ConfigError, check_kwargs, suggest, validate
+from lab.core.registry import (ConfigError, check_kwargs, save_config, suggest, to_dict,  # noqa: F401 (re-exported)
+                               upgrade_renamed, validate)
+from lab.runtime.files import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = ROOT / "experiments"
 PRESETS = ("cpu", "smoke", "gpu")
 STAGES = ("tokenizer", "generator")
@@ -32,6 +33,17 @@ def available_experiments() -> list[str]:
         for p in EXPERIMENTS.rglob("*.yaml")
         if p.name != "base.yaml"
     )
+
+
+def header_comment(name: str) -> list[str]:
+    """The YAML's leading comment lines, without the '#'."""
+    lines = []
+    # looked up at call time: tests (and tools) point EXPERIMENTS at another folder
+    for line in (EXPERIMENTS / f"{name}.yaml").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return lines
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -147,7 +159,9 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
     """Checks of the open component nodes against their constructors (imported lazily: config is light)."""
     import pytorch_lightning as pl
 
-    from lab import data, tokenizer
+    from lab.data import datasets as data
+
+    from lab.models import tokenizer
 
     checks = {
         "quantizer": _check_quantizer,
@@ -157,7 +171,9 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
         "logger": _check_loggers,
     }
     try:
-        from lab import correction, heads, transformer
+        from lab.generation import correction
+        from lab.models import heads
+        from lab.models import transformer
 
         checks["head"] = lambda n: validate(heads.HEADS, n, "head", injected=heads.INJECTED)
         checks["correction"] = lambda n: validate(correction.CORRECTIONS, n, "correction")
@@ -168,7 +184,7 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
 
 
 def _check_loggers(names: Any) -> None:
-    from lab.tracking import check_loggers
+    from lab.runtime.tracking import check_loggers
 
     check_loggers(to_dict(names))
 
@@ -189,8 +205,8 @@ def _check_quantizer(node: Mapping[str, Any]) -> None:
 
 
 def _check_eval(ev: Mapping[str, Any]) -> None:
-    """The evaluation's sizes (lab/fid_protocol.py): an FID over fewer than 10 images means nothing."""
-    from lab.fid_protocol import MIN_SAMPLES
+    """The evaluation's sizes (lab/metrics/fid_protocol.py): an FID over fewer than 10 images means nothing."""
+    from lab.metrics.fid_protocol import MIN_SAMPLES
 
     n = ev.get("fid_samples")
     if isinstance(n, bool) or not isinstance(n, int) or n < 0 or 0 < n < MIN_SAMPLES:
@@ -213,7 +229,7 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
 
     ``layer`` (nested dict, e.g. one grid point of a sweep) is merged after the preset and before the command
     line: the preset sets the scale, the swept keys keep their values at every scale."""
-    from lab.safety import check_experiment_name, check_ranges, refuse_unused
+    from lab.runtime.safety import check_experiment_name, check_ranges, refuse_unused
 
     name = str(name).removesuffix(".yaml")
     check_experiment_name(name, EXPERIMENTS)  # a name never reads a YAML outside experiments/
@@ -222,8 +238,9 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
         avail = available_experiments()
         raise ConfigError(f"Unknown experiment '{name}' (no file {path}).{suggest(name, avail)}")
     base = read_yaml(EXPERIMENTS / "base.yaml")
-    exp = read_yaml(path)
-    cli = parse_overrides(overrides)
+    exp = upgrade_renamed(read_yaml(path), str(path.relative_to(EXPERIMENTS.parent)))
+    cli = upgrade_renamed(parse_overrides(overrides), "the command line")
+    layer = upgrade_renamed(layer, layer_source) if layer else layer
     _check_known(base, exp, str(path.relative_to(EXPERIMENTS.parent)))
     _check_known(base, cli, "the command line")
     cfg = merge(merge(base, exp), cli)
@@ -244,12 +261,12 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
     for source, keys in user.items():
         refuse_unused(keys, cfg["stage"], source)
     if not cfg.get("sweep") and any("seeds" in keys for keys in user.values()) and cfg.get("seeds") is not None:
-        from lab.safety import check_seeds
+        from lab.runtime.safety import check_seeds
 
         check_seeds(cfg["seeds"], False)  # (the smoke preset's seeds: [0] serves sweeps and is ignored elsewhere)
     check_ranges(cfg)
     _check_eval(cfg.get("eval") or {})
-    from lab.machine import resolve_layout
+    from lab.runtime.machine import resolve_layout
 
     resolve_layout(cfg["trainer"], cfg["loader"])  # devices: auto / global_batch_size problems, before any run
     conf = OmegaConf.create(cfg)
@@ -259,10 +276,3 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
             OmegaConf.set_struct(conf[node], False)
     return conf
 
-
-def to_dict(cfg: DictConfig | ListConfig | Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
-
-
-def save_config(cfg: DictConfig, path: Path) -> None:
-    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -10,7 +10,7 @@ from typing import Iterable
 import pandas as pd
 
 from lab.config import ROOT
-from lab.sweep_report import flatten_metrics, mean_std
+from lab.sweeps.report import flatten_metrics, mean_std
 
 
 def find_runs(path: str | Path) -> list[Path]:

@@ -3,9 +3,9 @@ actually faster than fp32 there for the generator ladder (a train step on random
 import json, os, sys, time
 import torch
 sys.path.insert(0, os.getcwd())
-from lab.machine import resolve_precision
-from lab.transformer import Transformer, LADDER
-from lab.heads import BitwiseHead
+from lab.runtime.machine import resolve_precision
+from lab.models.transformer import Transformer, LADDER
+from lab.models.heads import BitwiseHead
 
 out = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(), "auto": resolve_precision("auto", "gpu"),
        "auto_accelerator_auto": resolve_precision("auto", "auto")}

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lab.config import load_experiment
-from lab.modules import NonFiniteLossError, TokenizerModule
-from lab.run import run_experiment
+from lab.train.modules import NonFiniteLossError, TokenizerModule
+from lab.stages.run import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,8 +94,8 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
 
 
 def test_weight_averaging_of_a_generator_is_refused_before_training(tmp_path):
-    from lab.generator_run import preflight
-    from lab.registry import ConfigError
+    from lab.stages.generator import preflight
+    from lab.core.registry import ConfigError
 
     cfg = load_experiment("generator/c2i_fashion", ["optim.ema_decay=0.999", f"runs_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="tokenizer stage only"):
@@ -154,7 +154,7 @@ def test_out_of_range_values_and_paths_are_one_paragraph_and_write_nothing(args,
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--n", "0"], ["--n=0", ">= 1"]), (["--n", "-2"], ["--n=-2"]), (["--cfg", "-1"], ["--cfg=-1.0", ">= 0"]),
+    (["--n", "0"], ["--n=0", ">= 1"]), (["--n", "-2"], ["--n=-2"]), (["--cfg", "-1"], ["--cfg=-1.0", ">= 0"]), (["--guidance", "-1"], ["--guidance=-1.0", ">= 0"]),
     (["--temperature", "-1"], ["--temperature=-1.0", ">= 0"]), (["--top-p", "7"], ["--top-p=7.0", "(0, 1]"]),
     (["--top-p", "0"], ["--top-p=0.0", "(0, 1]"]), (["--top-k", "-3"], ["--top-k=-3", ">= 0"]),
 ])

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from lab.bench import format_table, peak_bytes
+from lab.bench.common import format_table, peak_bytes
 from lab.config import ROOT
 
 MB = 1_000_000
@@ -55,7 +55,7 @@ def test_timed_cases_are_bounded_on_a_slow_machine():
     s transformer takes over 18 s on a CPU that emulates bf16)."""
     import time
 
-    from lab.bench_machine import timed
+    from lab.bench.machine import timed
 
     t0 = time.perf_counter()
     sec, n, status = timed(lambda: time.sleep(0.25), warmup=1, max_steps=100, budget=0.1)
@@ -67,7 +67,7 @@ def test_timed_cases_are_bounded_on_a_slow_machine():
 def test_alternating_precisions_share_the_load_and_stay_bounded():
     import time
 
-    from lab.bench_machine import timed_alternating
+    from lab.bench.machine import timed_alternating
 
     r = timed_alternating(lambda bf16: time.sleep(0.01 if bf16 else 0.03), warmup=1, max_steps=100, budget=0.1)
     assert r["32-true"][1] == r["bf16-mixed"][1] >= 2 and r["32-true"][0] / r["bf16-mixed"][0] > 2

@@ -26,7 +26,8 @@ def test_list_and_help_import_no_torch_and_describe_every_experiment():
     assert len(lines) == len(names)
     for name, line in zip(names, lines):
         assert line.startswith(name) and len(line[len(name):].strip()) > 20, line  # says what it answers
-    from lab.cli_info import header_comment, stated_run_time
+    from lab.cli.info import stated_run_time
+    from lab.config import header_comment
 
     quick = next(line for line in lines if line.startswith("quickstart"))
     stated = stated_run_time(header_comment("quickstart"))
@@ -86,7 +87,7 @@ def test_compare_tables_the_differing_keys_and_the_metrics(tmp_path):
 def test_tokenizer_and_generator_runs_share_one_hparams_schema(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
-    from lab import tracking
+    from lab.runtime import tracking
 
     tok = load_experiment("tokenizer/vq", ["preset=smoke"])
     gen = load_experiment("ablations/head_index_vs_bitwise", ["preset=smoke", "head.name=index"])
@@ -121,7 +122,7 @@ def test_tokenizer_and_generator_runs_share_one_hparams_schema(tmp_path):
 
 
 def test_quiet_hides_only_the_named_messages(monkeypatch):
-    from lab import quiet
+    from lab.runtime import quiet
 
     monkeypatch.delenv("BITLAB_VERBOSE", raising=False)
     with warnings.catch_warnings(record=True) as seen:
@@ -143,7 +144,7 @@ def test_sample_grid_is_upsampled_captioned_and_never_overwrites(tmp_path):
     import torch
     from PIL import Image
 
-    from lab.sample_grid import new_output_path, save_grid
+    from lab.cli.sample_grid import new_output_path, save_grid
 
     (tmp_path / "sample.png").write_bytes(b"old")
     first = new_output_path(tmp_path)

@@ -127,3 +127,17 @@ def test_impossible_quantizers_are_config_errors(node, message):
     """The constructor's range checks run when the config is loaded (on the meta device: nothing allocated)."""
     with pytest.raises(ConfigError, match=re.escape(message)):
         config.load_experiment("quickstart", [f"quantizer={node}"])
+
+
+def test_guidance_is_named_guidance_and_the_old_cfg_key_still_reads(tmp_path, capsys):
+    cfg = load_experiment("generator/c2i_fashion", ["sample.cfg=3.5", "preset=smoke"])
+    assert cfg.sample.guidance == 3.5 and "cfg" not in cfg.sample
+    assert "sample.cfg in the command line is now sample.guidance" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="sets both sample.cfg and sample.guidance"):
+        load_experiment("generator/c2i_fashion", ["sample.cfg=3", "sample.guidance=2"])
+    # a run recorded by 0.1 (sample.cfg in its config.yaml) compares equal to the same run under the new name
+    from lab.runtime.runlock import config_differences, read_config
+
+    old = tmp_path / "config.yaml"
+    old.write_text("sample:\n  cfg: 2.0\n  cfg_schedule: constant\n")
+    assert config_differences(read_config(old), {"sample": {"guidance": 2.0, "guidance_schedule": "constant"}}) == []

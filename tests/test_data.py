@@ -1,4 +1,4 @@
-"""lab.data: sources -> cached Arrow datasets -> ImageDataModule. Offline, small, each test a few seconds."""
+"""lab.data.datasets: sources -> cached Arrow datasets -> ImageDataModule. Offline, small, each test a few seconds."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-import lab.data as D
-from lab.data import DATASETS, DataError, ImageDataModule, build_dataset
+import lab.data.datasets as D
+from lab.data.datasets import DATASETS, DataError, ImageDataModule, build_dataset
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not (FASHION_ROOT / "t10k-images-idx3-ubyte.gz").is_file(),

@@ -45,7 +45,7 @@ def test_two_process_ddp_trains_both_stages_and_rank0_alone_writes(tmp_path):
     import torch
 
     from lab.config import load_experiment
-    from lab.run import build_datamodule
+    from lab.stages.common import build_datamodule
 
     dm = build_datamodule(load_experiment("generator/c2i_fashion", ["preset=smoke", f"runs_dir={runs}"]))
     dm.setup()
@@ -55,11 +55,11 @@ def test_two_process_ddp_trains_both_stages_and_rank0_alone_writes(tmp_path):
     assert 8 // per_rank != 8 // single and ck["epoch"] == 8 // per_rank, (n, ck["epoch"])
 
     # and the checkpoints load in one process
-    from lab.generator_run import load_tokenizer
+    from lab.stages.generator import load_tokenizer
 
     tok = load_tokenizer(tokenizers[0])
     assert tok.tokenizer.msq.bits == 16
-    from lab.generator import GeneratorModule
+    from lab.train.generator import GeneratorModule
 
     module = GeneratorModule(ck["hyper_parameters"]["cfg"], tok.tokenizer, num_classes=ck["hyper_parameters"]["num_classes"])
     module.load_state_dict(ck["state_dict"], strict=True)
@@ -70,7 +70,7 @@ def test_cpu_processes_share_the_cores(monkeypatch):
     OMP_NUM_THREADS is set; one process, or a GPU run, keeps torch's setting."""
     import torch
 
-    from lab.run import share_cpu_threads
+    from lab.runtime.trainer import share_cpu_threads
 
     before = torch.get_num_threads()
     monkeypatch.setattr(os, "cpu_count", lambda: 8)

@@ -1,4 +1,4 @@
-"""The evaluation protocol (lab/fid_protocol.py): KID as torchmetrics defines it, the cached reference and scores,
+"""The evaluation protocol (lab/metrics/fid_protocol.py): KID as torchmetrics defines it, the cached reference and scores,
 floor / ceiling / normalized, random-code images, and the refusal of evaluations too small to mean anything."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lab import fid_protocol as P
-from lab.registry import ConfigError
+from lab.metrics import fid_protocol as P
+from lab.core.registry import ConfigError
 
 
 def _features(n: int, d: int = 64, shift: float = 0.0, seed: int = 0) -> torch.Tensor:
@@ -52,11 +52,11 @@ def test_kid_matches_torchmetrics_on_the_same_subsets():
 
 
 def test_fid_from_features_matches_the_metrics_module():
-    from lab.metrics import _mean_cov, frechet_distance
+    from lab.metrics.measures import mean_cov, frechet_distance
 
     a, b = _features(200, d=16), _features(150, d=16, shift=0.1, seed=2)
     ours = P.fid(P.FeatureSet(a, "a"), P.FeatureSet(b, "b"))
-    stats = [_mean_cov(x.double().sum(0), x.double().T @ x.double(), x.shape[0]) for x in (a, b)]
+    stats = [mean_cov(x.double().sum(0), x.double().T @ x.double(), x.shape[0]) for x in (a, b)]
     assert ours == pytest.approx(frechet_distance(*stats[0], *stats[1]), rel=1e-9)
     assert P.fid(P.FeatureSet(a, "a"), P.FeatureSet(a, "a")) == pytest.approx(0.0, abs=1e-6)
 
@@ -124,7 +124,7 @@ def test_features_and_scores_are_cached_by_the_exact_images(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("quantizer", [{"name": "bsq", "bits": 8}, {"name": "vq", "codebook_size": 64, "kmeans_init": False}])
 def test_random_code_images_decode_uniform_codes(quantizer):
-    from lab.tokenizer import Tokenizer
+    from lab.models.tokenizer import Tokenizer
 
     torch.manual_seed(0)
     tok = Tokenizer(quantizer=quantizer).eval()

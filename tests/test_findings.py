@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lab import findings as F
-from lab.findings_table import FINDINGS
-from lab.stats import min_detectable_difference, pearson
-from lab.sweep import FIXED_COLUMNS
+from lab.sweeps import findings as F
+from lab.sweeps.findings_table import FINDINGS
+from lab.core.stats import min_detectable_difference, pearson
+from lab.sweeps.plan import FIXED_COLUMNS
 
 NOISE = [0.8, -1.1, 0.3, -0.4, 0.9]  # fixed per-seed noise, sd ~0.86
 GEN = {"kid": 0.05, "gfid_normalized": 0.2}  # the protocol's columns (issue 13), present in every generator run
@@ -232,7 +232,7 @@ def test_f7_correlates_per_loss_kind_and_never_pools_bce_with_cross_entropy(tmp_
     rows = list(csv.DictReader(open(path)))
     assert pearson([float(r["val_loss"]) for r in rows], [float(r["gfid"]) for r in rows]) < -0.5  # pooled: wrong sign
 
-    from lab.sweep_report import correlations_section
+    from lab.sweeps.report import correlations_section
 
     text = correlations_section(rows, [{"kind": "scatter", "x": "val_loss", "y": "gfid"}], head="bitwise")
     for kind in ("bit BCE (bitwise head)", "index cross-entropy (index head)"):
@@ -301,7 +301,7 @@ def test_the_command_writes_one_row_per_finding(tmp_path):
 
 
 def test_a_results_directory_that_does_not_exist_is_a_config_error(tmp_path):
-    from lab.registry import ConfigError
+    from lab.core.registry import ConfigError
 
     with pytest.raises(ConfigError, match="--results"):
         run_findings(["--results", str(tmp_path / "nowhere")])

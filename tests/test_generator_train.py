@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from lab.config import load_experiment, to_dict
-from lab.generator import GeneratorModule
-from lab.registry import ConfigError
-from lab.tokenizer import Tokenizer
+from lab.train.generator import GeneratorModule
+from lab.core.registry import ConfigError
+from lab.models.tokenizer import Tokenizer
 
 QUANTIZERS = {"bsq": {"name": "bsq", "bits": 8}, "lfq": {"name": "lfq", "bits": 8},
               "vq": {"name": "vq", "codebook_size": 256, "kmeans_init": False}}
@@ -89,7 +89,7 @@ def test_tokenizer_stage_precision_and_its_cache_key():
     """tokenizer_train.precision sets the tokenizer stage's precision apart from the generator's; a tokenizer
     trained at another precision is another cache entry, and fp32 entries keep their earlier keys."""
     from lab.config import load_experiment
-    from lab.generator_run import tokenizer_config
+    from lab.stages.generator import tokenizer_config
 
     def tcfg(*over):
         return tokenizer_config(load_experiment("generator/c2i_fashion", list(over)))

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lab.codes import pack_bits, unpack_bits
-from lab.correction import CORRECTIONS, BitFlip, NoCorrection, RandomIndex, teacher_forcing
-from lab.heads import HEADS, BitwiseHead, IndexHead, build_head, sample_categorical
+from lab.quantizers.codes import pack_bits, unpack_bits
+from lab.generation.correction import CORRECTIONS, BitFlip, NoCorrection, RandomIndex, teacher_forcing
+from lab.models.heads import HEADS, BitwiseHead, IndexHead, build_head, sample_categorical
 from lab.quantizers import build_quantizer
 from lab.quantizers.multiscale import MultiScaleQuantizer
-from lab.registry import ConfigError
-from lab.sampling import SampleOptions, make_cond, sample_codes
-from lab.transformer import Transformer
+from lab.core.registry import ConfigError
+from lab.generation.sampling import SampleOptions, make_cond, sample_codes
+from lab.models.transformer import Transformer
 
 SCALES = (1, 2, 3, 4)
 QUANT = {"bsq": {"name": "bsq", "bits": 8}, "lfq": {"name": "lfq", "bits": 8},
@@ -90,7 +90,7 @@ def test_kv_cache_sampling_equals_uncached(kind, head_name, order, cond):
     kw = dict(labels=torch.arange(3) % 5) if cond == "class" else dict(text=_text(3)) if cond == "text" else {}
     outs = []
     for use_cache in (True, False):
-        opts = SampleOptions(cfg=2.5, temperature=1.0, top_p=0.9, seed=7, use_cache=use_cache)
+        opts = SampleOptions(guidance=2.5, temperature=1.0, top_p=0.9, seed=7, use_cache=use_cache)
         codes, f_hat = sample_codes(model, head, msq, batch_size=3, opts=opts, **kw)
         outs.append((codes, f_hat))
     for a, b in zip(outs[0][0], outs[1][0]):
@@ -99,7 +99,7 @@ def test_kv_cache_sampling_equals_uncached(kind, head_name, order, cond):
 
 
 def test_cfg_one_equals_conditional_logits():
-    from lab.sampling import _guide
+    from lab.generation.sampling import _guide
 
     model = make_model("class")
     B = 4

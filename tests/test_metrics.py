@@ -1,4 +1,4 @@
-"""Tests for lab.metrics: PSNR/SSIM, offline LPIPS, FID, code statistics, parameter and memory accounting."""
+"""Tests for lab.metrics.measures: PSNR/SSIM, offline LPIPS, FID, code statistics, parameter and memory accounting."""
 
 import math
 import socket
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab import metrics as M
+from lab.metrics import measures as M
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -300,7 +300,7 @@ def test_peak_memory():
 def test_training_lpips_size_is_separate_from_the_reported_one():
     """loss.lpips_size changes what the tokenizer trains on, never the LPIPS it reports (eval.lpips_size)."""
     from lab.config import load_experiment, to_dict
-    from lab.modules import TokenizerModule
+    from lab.train.modules import TokenizerModule
 
     cfg = to_dict(load_experiment("quickstart", ["preset=smoke", "loss.lpips_size=null", "eval.lpips_size=64"]))
     module = TokenizerModule(cfg)

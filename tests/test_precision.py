@@ -1,4 +1,4 @@
-"""trainer.precision: auto and trainer.devices: auto (lab/machine.py, issue 12): the choice follows the (mocked)
+"""trainer.precision: auto and trainer.devices: auto (lab/runtime/machine.py, issue 12): the choice follows the (mocked)
 CPU capability and probe, explicit values win, and the resolved values reach config.yaml and metrics.json."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
-from lab import machine
+from lab.runtime import machine
 from lab.config import load_experiment
-from lab.registry import ConfigError
+from lab.core.registry import ConfigError
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ def test_resolved_precision_is_written_to_the_config(monkeypatch, fresh_probe, t
 def test_auto_that_resolves_to_fp32_keeps_the_fp32_tokenizer_cache_key(monkeypatch, fresh_probe):
     """The tokenizer stage a generator experiment derives: `auto` resolving to 32-true hashes like 32-true always
     did (cached tokenizers stay valid); resolving to bf16 is another cache entry, that of an explicit bf16."""
-    from lab.generator_run import tokenizer_config
+    from lab.stages.generator import tokenizer_config
 
     def name(*over):
         return tokenizer_config(load_experiment("generator/c2i_fashion", ["tokenizer_train.precision=null", *over]))["name"]
@@ -177,7 +177,7 @@ def test_layout_errors_are_config_errors():
 def test_a_run_records_the_resolved_precision(monkeypatch, tmp_path):
     """A generator smoke run with precision auto on a (mocked) native-bf16 CPU: its tokenizer stage trains in fp32,
     the transformer under bf16-mixed, and each run's config.yaml and metrics.json record the choice and why."""
-    from lab.run import run_experiment
+    from lab.stages.run import run_experiment
 
     native(monkeypatch)
     monkeypatch.setattr(machine, "bf16_speedup", lambda refresh=False: (2.0, "cached"))

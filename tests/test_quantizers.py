@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lab.codes import MAX_PACK_BITS, bits_for_vocab, pack_bits, unpack_bits
+from lab.quantizers.codes import MAX_PACK_BITS, bits_for_vocab, pack_bits, unpack_bits
 from lab.quantizers import QUANTIZERS, build_quantizer
 from lab.quantizers.multiscale import MultiScaleQuantizer
 

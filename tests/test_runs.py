@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lab.config import available_experiments, load_experiment
-from lab.registry import ConfigError
-from lab.run import run_experiment
+from lab.core.registry import ConfigError
+from lab.stages.run import run_experiment
 
 TOKENIZER_KEYS = {"psnr", "ssim", "lpips", "rfid", "per_scale", "wall_time_s", "peak_memory_mb", "train_peak_memory_mb",
                   "rkid", "rkid_std", "rfid_floor", "rkid_floor", "fid_reference", "eval_time_s"}
@@ -89,7 +89,7 @@ def test_a_run_never_overwrites_another(tmp_path):
 def test_multiscale_residual_shrinks_on_a_trained_tokenizer(tmp_path):
     cfg = smoke("quickstart", tmp_path, "trainer.max_steps=30", "eval.fid_samples=0", "loss.lpips_weight=0.0")
     run_dir, _ = run_experiment(cfg)
-    from lab.generator_run import load_tokenizer
+    from lab.stages.generator import load_tokenizer
 
     tok = load_tokenizer(run_dir).tokenizer.eval()
     x = torch.rand(16, 3, 32, 32) * 2 - 1
@@ -114,7 +114,7 @@ def test_sample_command_writes_a_png(name, arg, tmp_path):
 
     run_dir, _ = run_experiment(smoke(name, tmp_path, "eval.fid_samples=0"))
     out = tmp_path / "grid.png"
-    r = subprocess.run([sys.executable, "-m", "lab", "sample", str(run_dir), *arg, "--n", "4", "--cfg", "3", "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "lab", "sample", str(run_dir), *arg, "--n", "4", "--guidance", "3", "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     img = Image.open(out)
@@ -128,7 +128,7 @@ def test_weight_average_is_what_gets_evaluated_and_loaded(tmp_path):
     """optim.ema_decay: the checkpoint holds the raw and the averaged tokenizer, they differ after training, the
     average is warm-started (the data-initialised scale gains are not dragged from zero), and loading the
     run for downstream use gives the average."""
-    from lab.generator_run import load_tokenizer
+    from lab.stages.generator import load_tokenizer
 
     run_dir, _ = run_experiment(smoke("quickstart", tmp_path, "optim.ema_decay=0.9", "trainer.max_steps=6",
                                       "eval.fid_samples=0"))

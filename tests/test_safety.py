@@ -137,7 +137,7 @@ def test_a_second_resume_of_a_run_in_use_is_refused(tiny_run, tmp_path, capsys):
     run = runs / "quickstart" / "tiny"
     (run / "metrics.json").unlink()  # an unfinished run, being resumed by another process
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import time; from pathlib import Path; from lab.runlock import try_lock\n"
+        "import time; from pathlib import Path; from lab.runtime.runlock import try_lock\n"
         f"assert try_lock(Path({str(run)!r})); print('held', flush=True); time.sleep(60)\n")],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -155,7 +155,7 @@ def _fake_sweep(tmp_experiments, monkeypatch):
     """A two-point sweep whose runs are stubs writing config.yaml and metrics.json (the bookkeeping, no training)."""
     import json
 
-    from lab import run as run_mod
+    from lab.stages import run as run_mod
     from lab.config import save_config
 
     (tmp_experiments / "pts.yaml").write_text("stage: generator\nsweep:\n  optim.learning_rate: [0.001, 0.002]\n")
@@ -203,8 +203,8 @@ def test_a_published_report_is_not_replaced_by_one_with_fewer_finished_runs(tmp_
 
 
 def test_a_sweep_that_ends_with_a_run_missing_exits_non_zero_naming_it(tmp_experiments, tmp_path, monkeypatch, capsys):
-    from lab import run as run_mod
-    from lab.modules import NonFiniteLossError
+    from lab.stages import run as run_mod
+    from lab.train.modules import NonFiniteLossError
 
     _fake_sweep(tmp_experiments, monkeypatch)
     real = run_mod.run_experiment

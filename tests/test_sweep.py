@@ -9,11 +9,12 @@ import json
 import pytest
 
 from lab import config
-from lab import run as run_mod
+from lab.stages import run as run_mod
 from lab.config import ROOT, available_experiments
-from lab.registry import ConfigError
-from lab.sweep import FIXED_COLUMNS, expand, plan, run_sweep
-from lab.sweep_report import write_report
+from lab.core.registry import ConfigError
+from lab.sweeps.plan import FIXED_COLUMNS, expand, plan
+from lab.sweeps.sweep import run_sweep
+from lab.sweeps.report import write_report
 
 SUITES = [n for n in available_experiments() if n.startswith("ablations/")]
 
@@ -176,7 +177,7 @@ def test_notebooks_execute_against_a_smoke_sweep(notebook, smoke_sweep, tmp_path
 def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_experiments, tmp_path, monkeypatch):
     """Out of memory / a diverging loss belong to the grid point: recorded in results.csv, skipped on re-runs.
     (run_experiment is replaced by a stub: this checks the runner's bookkeeping, not training.)"""
-    from lab.modules import NonFiniteLossError
+    from lab.train.modules import NonFiniteLossError
 
     (tmp_experiments / "fails.yaml").write_text("stage: generator\nsweep:\n  optim.learning_rate: [0.001, 1000.0]\n")
     calls = []
@@ -225,7 +226,7 @@ def test_concurrent_invocations_share_the_work(tmp_experiments, tmp_path, monkey
     base = tmp_path / "runs" / "shared"
     held = base / "learning-rate-0.001" / "s0"
     live = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from lab.runlock import try_lock\n"
+        "import sys, time; from pathlib import Path; from lab.runtime.runlock import try_lock\n"
         f"assert try_lock(Path({str(held)!r})); print('held', flush=True); time.sleep(60)\n")],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -255,7 +256,7 @@ def test_a_tokenizer_needed_by_two_processes_is_trained_once(tmp_path):
 
     lock, log = tmp_path / ".training.lock", tmp_path / "order.txt"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from lab.run import exclusive\n"
+        "import sys, time; from pathlib import Path; from lab.runtime.files import exclusive\n"
         f"log = Path({str(log)!r})\n"
         f"with exclusive(Path({str(lock)!r})):\n"
         "    log.write_text('holder-start\\n'); time.sleep(1.5)\n"
@@ -272,7 +273,7 @@ def test_a_tokenizer_needed_by_two_processes_is_trained_once(tmp_path):
     assert log.read_text().split() == ["holder-start", "holder-end", "second"]
 
     killed = subprocess.Popen([sys.executable, "-c", (
-        "import time; from pathlib import Path; from lab.run import exclusive\n"
+        "import time; from pathlib import Path; from lab.runtime.files import exclusive\n"
         f"with exclusive(Path({str(lock)!r})):\n"
         f"    Path({str(log)!r}).write_text('held\\n'); time.sleep(60)\n")])
     for _ in range(1200):

@@ -15,14 +15,14 @@ from scipy import stats as sps
 
 from lab import config
 from lab.config import available_experiments
-from lab.numfmt import decimals_for, fmt, fmt_mean_sd
-from lab.registry import ConfigError
-from lab.stats import (
+from lab.core.numfmt import decimals_for, fmt, fmt_mean_sd
+from lab.core.registry import ConfigError
+from lab.core.stats import (
     HIGHER, LOWER, NEUTRAL, bootstrap_correlation, compare, difference_of_differences, direction, holm,
     min_detectable_difference, paired_t, power_paired_t,
 )
-from lab.sweep import FIXED_COLUMNS, plan
-from lab.verdicts import markdown, parse_baseline, verdicts_from_csv
+from lab.sweeps.plan import FIXED_COLUMNS, plan
+from lab.sweeps.verdicts import markdown, parse_baseline, verdicts_from_csv
 
 SUITES = [n for n in available_experiments() if n.startswith("ablations/")]
 NOISE = [0.8, -1.1, 0.3, -0.4, 0.9]  # fixed "seed noise", mean 0.1, sd ~0.86
@@ -286,8 +286,8 @@ def test_every_suite_names_a_baseline_in_its_grid_and_generators_have_three_seed
 
 # --------------------------------------------------------------------------------------- the sweep report
 def test_the_sweep_report_has_a_verdicts_table_and_the_floor_and_ceiling(tmp_experiments, tmp_path):
-    """write_report on hand-written metrics.json files (what lab/run.py would leave): no training."""
-    from lab.sweep_report import write_report
+    """write_report on hand-written metrics.json files (what lab/stages/run.py would leave): no training."""
+    from lab.sweeps.report import write_report
 
     (tmp_experiments / "syn.yaml").write_text(
         "# Synthetic suite (Tab.0)\nstage: generator\nsweep:\n  cases:\n    - {label: none, correction: {name: none}}\n"
@@ -318,7 +318,7 @@ def test_the_sweep_report_has_a_verdicts_table_and_the_floor_and_ceiling(tmp_exp
 
 
 def test_the_report_gives_each_scatter_plot_a_bootstrap_interval():
-    from lab.sweep_report import correlations_section
+    from lab.sweeps.report import correlations_section
 
     rows = [{"status": "done", "val_loss": 0.20 + 0.01 * i, "gfid": 100 + 10 * i + NOISE[i % 5]} for i in range(8)]
     text = correlations_section(rows, [{"kind": "bar", "x": "case", "y": "gfid"},

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from torch import nn
 
-from lab.quantizers.base import QuantOut
+from lab.quantizers.base import Quantizer, QuantOut
 from lab.quantizers.bsq import BSQ
 from lab.quantizers.lfq import LFQ
 from lab.quantizers.vq import VQ
-from lab.registry import build
+from lab.core.registry import build
 
 QUANTIZERS = {"vq": VQ, "lfq": LFQ, "bsq": BSQ}
 
 
-def build_quantizer(node: Mapping[str, Any], dim: int | None = None) -> nn.Module:
+def build_quantizer(node: Mapping[str, Any], dim: int | None = None) -> Quantizer:
     """Build ``QUANTIZERS[node.name](**rest)``; ``dim`` (the latent width) is set by the tokenizer."""
     extra = {"dim": dim} if dim is not None else {}
     return build(QUANTIZERS, node, "quantizer", **extra)
 
 
-__all__ = ["QUANTIZERS", "QuantOut", "build_quantizer", "BSQ", "LFQ", "VQ"]
+__all__ = ["QUANTIZERS", "QuantOut", "Quantizer", "build_quantizer", "BSQ", "LFQ", "VQ"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, NamedTuple
+from typing import Iterator, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,22 @@ class QuantOut(NamedTuple):
     codes: Tensor
     loss: Tensor
     stats: dict
+
+
+@runtime_checkable
+class Quantizer(Protocol):
+    """What every entry of ``QUANTIZERS`` provides (an ``nn.Module``; built with ``dim=`` the latent width and the
+    YAML node's keyword arguments). The multi-scale quantizer and everything above it use only these."""
+
+    code_kind: str  # "index": int64 codes (B, h, w); "bits": float32 codes (B, h, w, d) in {0, 1}
+    bits: int  # log2 of the vocabulary (the code's width in bits)
+    vocab_size: int
+
+    def __call__(self, z: Tensor) -> QuantOut:
+        """(B, C, h, w) latent -> QuantOut(z_q, codes, loss, stats)."""
+
+    def codes_to_latent(self, codes: Tensor) -> Tensor:
+        """Codes -> the quantized latent (B, C, h, w) that ``z_q`` would be (no gradient path)."""
 
 
 def binary_entropy(p: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lab.codes import pack_bits
+from lab.quantizers.codes import pack_bits
 from lab.quantizers.base import Projection, QuantOut, binary_entropy, distributed, global_mean, to_channels_last
 
 

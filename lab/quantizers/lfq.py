@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from vector_quantize_pytorch import LFQ as _LFQ
 
-from lab.codes import pack_bits, unpack_bits
+from lab.quantizers.codes import pack_bits, unpack_bits
 from lab.quantizers.base import QuantOut
 
 

@@ -13,7 +13,7 @@ Spreading information across scales (a next-scale generator needs it): fixed-nor
 cannot match the encoder's magnitude, so the first scales would carry almost nothing. ``learn_gain``
 gives every scale a learned magnitude, initialised from data on the first batch (ActNorm-style) to the
 ratio of the residual's RMS to the code's RMS. The tokenizer additionally decodes random scale prefixes
-(see ``lab.tokenizer``) so the decoder learns partial sums.
+(see ``lab.models.tokenizer``) so the decoder learns partial sums.
 """
 from __future__ import annotations
 
@@ -78,6 +78,10 @@ class MultiScaleQuantizer(nn.Module):
     @property
     def bits(self) -> int:
         return self.quantizer.bits
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.quantizer.vocab_size)
 
     @property
     def num_scales(self) -> int:
@@ -151,11 +155,15 @@ class MultiScaleQuantizer(nn.Module):
                 prefixes.append(f_hat)
         return f_hat, loss, codes, stats, prefixes
 
+    def scale_latent(self, codes: Tensor) -> Tensor:
+        """The codes of one scale -> their quantized latent at that scale's size (before ``contribution``)."""
+        return self.quantizer.codes_to_latent(codes)
+
     def codes_to_latent(self, codes: Sequence[Tensor]) -> Tensor:
         """Per-scale codes (the first len(codes) scales) -> f_hat (B, C, H, W)."""
         f_hat = None
         for k, c in enumerate(codes):
-            add = self.contribution(self.quantizer.codes_to_latent(c), k)
+            add = self.contribution(self.scale_latent(c), k)
             f_hat = add if f_hat is None else f_hat + add
         return f_hat
 

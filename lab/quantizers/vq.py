@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from vector_quantize_pytorch import VectorQuantize
 
-from lab.codes import bits_for_vocab
+from lab.quantizers.codes import bits_for_vocab
 from lab.quantizers.base import QuantOut, to_channels_first
 
 

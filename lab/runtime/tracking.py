@@ -1,0 +1,180 @@
+"""Loggers (``logger: [tensorboard, csv, wandb, mlflow]``, Lightning's own) and the final HParams record.
+
+Every run, tokenizer or generator, writes the SAME HParams experiment summary (``HPARAM_KEYS``,
+``FINAL_METRICS``): TensorBoard shows the summary of whichever run it reads first, so with a shared one the
+tokenizer and generator runs of a logdir sit side by side in one table, blank only where a metric does not
+apply to a stage. The first columns identify the run: a readable name (experiment, swept values, seed).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from lab.core.registry import ConfigError
+from lab.core.registry import suggest, to_dict
+
+LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
+_NEEDS = {"wandb": "wandb", "mlflow": "mlflow"}  # logger -> the package it needs (not a bitlab dependency)
+
+# Identity columns first (capitalised: TensorBoard sorts them before the lower-case config keys), then the config
+# keys the experiments and sweeps vary. Numbers are numeric columns; a key a run does not have is blank/NaN.
+ID_KEYS = ("Experiment", "Run", "Seed", "Swept", "Stage")
+CONFIG_KEYS = ("data.name", "quantizer.name", "quantizer.bits", "quantizer.codebook_size", "head.name",
+               "correction.name", "correction.p_max", "correction.requantize", "generator.size", "generator.cond",
+               "generator.order", "trainer.max_steps", "trainer.precision", "loader.batch_size", "loader.image_size",
+               "optim.learning_rate", "preset")
+NUMERIC = {"Seed", "quantizer.bits", "quantizer.codebook_size", "correction.p_max", "trainer.max_steps",
+           "loader.batch_size", "loader.image_size", "optim.learning_rate"}
+HPARAM_KEYS = ID_KEYS + CONFIG_KEYS
+# The union of both stages' headline metrics (metrics.json keys, logged as final/<key>). The generator's
+# validation loss is named by its head: a bit's BCE and a token's CE are not comparable numbers.
+FINAL_METRICS = ("psnr", "ssim", "lpips", "rfid", "rkid", "bit_entropy", "codebook_usage", "gfid", "kid",
+                 "gfid_normalized", "val_bits_bce",
+                 "val_index_ce", "bit_accuracy", "token_accuracy", "params", "head_params", "flops_per_step",
+                 "train_images_per_s", "wall_time_s", "peak_memory_mb")
+
+
+def check_loggers(names: Any) -> None:
+    """ConfigError for an unknown logger or one whose package is not installed (before any run directory)."""
+    names = [names] if isinstance(names, str) else list(names or [])
+    for n in names:
+        if n not in LOGGERS:
+            raise ConfigError(f"Unknown logger '{n}' in logger={names}.{suggest(str(n), list(LOGGERS))}")
+        if n in _NEEDS and importlib.util.find_spec(_NEEDS[n]) is None:
+            raise ConfigError(f"logger '{n}' needs the package {_NEEDS[n]}, which is not installed: "
+                              f"`pip install {_NEEDS[n]}` (it runs offline, into the run directory), or drop it from logger={names}.")
+
+
+def build_loggers(cfg: Any, run_dir: Path) -> list:
+    """Lightning's loggers named by ``cfg.logger`` (default [tensorboard]), all writing under the run directory;
+    W&B and MLflow offline. TensorBoard, when present, comes first (the image grids go there)."""
+    from pytorch_lightning import loggers as pl_loggers
+
+    names = cfg.get("logger", ["tensorboard"]) if hasattr(cfg, "get") else ["tensorboard"]
+    names = [names] if isinstance(names, str) else list(names or [])
+    check_loggers(names)
+    names = sorted(dict.fromkeys(names), key=lambda n: n != "tensorboard")
+    out = []
+    for n in names:
+        if n == "tensorboard":
+            out.append(pl_loggers.TensorBoardLogger(save_dir=str(run_dir), name="", version="tb", default_hp_metric=False))
+        elif n == "csv":
+            out.append(pl_loggers.CSVLogger(save_dir=str(run_dir), name="", version="csv"))
+        elif n == "wandb":
+            out.append(pl_loggers.WandbLogger(save_dir=str(run_dir), offline=True, project="bitlab", name=run_label(cfg, run_dir)))
+        elif n == "mlflow":
+            out.append(pl_loggers.MLFlowLogger(experiment_name="bitlab", run_name=run_label(cfg, run_dir),
+                                               tracking_uri=f"file:{run_dir / 'mlruns'}"))
+    return out
+
+
+def swept_values(run_dir: Path) -> dict:
+    """The values a sweep set for this run (its suite's sweep.json beside runs/<suite>/<point>/<seed>), or {}."""
+    run_dir = Path(run_dir)
+    manifest = run_dir.parent.parent / "sweep.json"
+    if not manifest.is_file():
+        return {}
+    try:
+        runs = json.loads(manifest.read_text()).get("runs", [])
+    except (OSError, json.JSONDecodeError):
+        return {}
+    rel = f"{run_dir.parent.name}/{run_dir.name}"
+    return next((dict(r.get("values") or {}) for r in runs if r.get("run_dir") == rel), {})
+
+
+def experiment_of(cfg: Any, run_dir: Path) -> str:
+    """The experiment a run belongs to: the suite for a sweep's run, else the config's name."""
+    name = str(cfg["name"])
+    manifest = Path(run_dir).parent.parent / "sweep.json"
+    if manifest.is_file():
+        try:
+            return str(json.loads(manifest.read_text()).get("suite") or name.rsplit("/", 1)[0])
+        except (OSError, json.JSONDecodeError):
+            return name.rsplit("/", 1)[0]
+    return name
+
+
+def run_label(cfg: Any, run_dir: Path) -> str:
+    """Readable: experiment, the swept values, the seed (``ablations/order generator.order=raster s1``)."""
+    cfg = cfg if isinstance(cfg, dict) else to_dict(cfg)
+    swept = " ".join(f"{k}={v}" for k, v in swept_values(run_dir).items())
+    if str(cfg["name"]).startswith("_tokenizers/"):  # a generator's cached tokenizer stage: say what it is
+        swept = f"data={_get(cfg, 'data.name')} quantizer={_get(cfg, 'quantizer.name')}"
+    return " ".join(p for p in (experiment_of(cfg, run_dir), swept, f"s{cfg['seed']}") if p)
+
+
+def _get(d: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def run_hparams(cfg: Any, run_dir: Path) -> dict:
+    """The shared hparam keys with this run's values (NaN or "" where the key does not apply)."""
+    c = to_dict(cfg) if not isinstance(cfg, dict) else cfg
+    out = {"Experiment": experiment_of(c, run_dir), "Run": run_label(c, run_dir), "Seed": c.get("seed"),
+           "Swept": " ".join(f"{k}={v}" for k, v in swept_values(run_dir).items()), "Stage": c.get("stage")}
+    out.update({k: _get(c, k) for k in CONFIG_KEYS})
+    for k, v in out.items():
+        if k in NUMERIC:
+            out[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+        else:
+            out[k] = "" if v is None else str(v)
+    return out
+
+
+def final_scalars(cfg: Any, metrics: dict) -> dict:
+    """metrics.json -> ``final/<key>`` scalars (every number), the generator's val_loss under its head's name."""
+    final = {f"final/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if "val_loss" in metrics and cfg["stage"] == "generator":
+        kind = "bits_bce" if cfg["head"]["name"] == "bitwise" else "index_ce"
+        final[f"final/val_{kind}"] = float(metrics["val_loss"])
+    return final
+
+
+def write_hparams(tb_logger: Any, hparams: dict) -> None:
+    """The shared HParams experiment summary plus this run's session, into a TensorBoardLogger's event file."""
+    from tensorboard.plugins.hparams.api_pb2 import DataType, HParamInfo
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    exp, ssi, sei = hparams_summaries(hparams, {f"final/{m}": 0.0 for m in FINAL_METRICS})
+    data = HParamsPluginData.FromString(exp.value[0].metadata.plugin_data.content)
+    del data.experiment.hparam_infos[:]  # declared from the shared lists, not from this run's value types
+    data.experiment.hparam_infos.extend(
+        HParamInfo(name=k, type=DataType.Value("DATA_TYPE_FLOAT64" if k in NUMERIC else "DATA_TYPE_STRING"),
+                   differs=k in ID_KEYS)  # (TensorBoard puts the columns that differ first)
+        for k in HPARAM_KEYS)
+    exp.value[0].metadata.plugin_data.content = data.SerializeToString()
+    writer = tb_logger.experiment._get_file_writer()
+    for s in (exp, ssi, sei):
+        writer.add_summary(s)
+
+
+def log_final(trainer: Any, cfg: Any, metrics: dict, run_dir: Path | None = None) -> None:
+    """Final metrics as scalars to every logger, and the run's row of the shared HParams view."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    loggers = list(getattr(trainer, "loggers", None) or [])
+    if not loggers:
+        return
+    run_dir = Path(run_dir) if run_dir is not None else Path(trainer.default_root_dir)
+    hp, final = run_hparams(cfg, run_dir), final_scalars(cfg, metrics)
+    per = metrics.get("per_scale") or {}
+    for key, values in per.items():
+        if key != "scale":
+            for s, v in zip(per["scale"], values):
+                final[f"final_per_scale/{key}_{s}x{s}"] = float(v)
+    for lg in loggers:
+        if isinstance(lg, TensorBoardLogger):
+            write_hparams(lg, hp)
+        else:
+            lg.log_hyperparams({k: v for k, v in hp.items() if not (isinstance(v, float) and math.isnan(v))})
+        lg.log_metrics(final, step=int(trainer.global_step))
+        lg.finalize("success")
+

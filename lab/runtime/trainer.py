@@ -1,0 +1,85 @@
+"""The pieces of a Lightning Trainer that every stage shares, independent of any config: atomic checkpoints, a
+step timer, the CPU's load and its threads. ``lab/stages/common.py`` assembles them from a config."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from lab.runtime.files import atomic_write
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file and renamed over the old one: a run killed while saving
+    (SIGKILL, power loss) keeps its previous checkpoint intact instead of a truncated one."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options: Any = None) -> None:
+        atomic_write(Path(path), lambda tmp: super(AtomicCheckpointIO, self).save_checkpoint(checkpoint, tmp, storage_options))
+
+
+class StepTimer(pl.Callback):
+    """Wall time of each training batch (forward, backward, optimiser; validation and checkpoints excluded),
+    synchronised with the GPU when there is one: the throughput figure of metrics.json."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._t0 = 0.0
+
+    def _sync(self, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._sync(pl_module)
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._sync(pl_module)
+        self.times.append(time.perf_counter() - self._t0)
+
+    def summary(self, batch_size: int, world_size: int = 1) -> dict:
+        """Median step time after the first 10% of steps (warm-up), and images/s over every process."""
+        t = sorted(self.times[len(self.times) // 10:]) or [float("nan")]
+        med = t[len(t) // 2]
+        return {"train_step_ms": 1e3 * med, "train_images_per_s": batch_size * world_size / med}
+
+
+def timer_of(trainer: pl.Trainer) -> StepTimer | None:
+    return next((c for c in trainer.callbacks if isinstance(c, StepTimer)), None)
+
+
+def cpu_load() -> float:
+    """1-minute load average divided by the core count (this run's own threads included): ~1 or more means
+    the cores were busy, and a training job sharing them with another torch job can run several times slower."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (OSError, AttributeError):  # no load average on this platform
+        return float("nan")
+
+
+def warn_if_cpu_busy(trainer_kw: dict) -> None:
+    load = cpu_load()
+    if trainer_kw.get("accelerator", "cpu") == "cpu" and load > 0.75:  # (nan where there is no load average)
+        print(f"note: the CPU is already busy (1-minute load {load * (os.cpu_count() or 1):.1f} on {os.cpu_count()} cores). Two torch jobs "
+              "that each use every core slow each other down several-fold; run one at a time, or give each "
+              "OMP_NUM_THREADS=1. Timings of this run will not be comparable to an idle machine's.", flush=True)
+
+
+def share_cpu_threads(trainer_kw: dict) -> int | None:
+    """Several training processes on one CPU (``accelerator: cpu``, ``devices: N``): each takes 1/N of the
+    cores for its torch threads, unless OMP_NUM_THREADS says otherwise. Every process would otherwise start
+    one thread per core, and N processes oversubscribing the cores run several times slower. Returns the
+    thread count set (None: unchanged)."""
+    devices = trainer_kw.get("devices", 1)
+    if trainer_kw.get("accelerator", "cpu") != "cpu" or not isinstance(devices, int) or devices < 2:
+        return None
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    n = max(1, (os.cpu_count() or 1) // devices)
+    torch.set_num_threads(n)
+    return n

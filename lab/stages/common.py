@@ -1,0 +1,198 @@
+"""The skeleton every stage shares: its run directory, data module, Trainer, seeds, final metrics and summary.
+
+``lab/stages/tokenizer.py`` and ``lab/stages/generator.py`` are the two stages built on it; ``lab/stages/run.py``
+picks one from ``stage:``. Only the stages (and the command line) read the whole config: the layers below take
+plain arguments.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from lab.core.registry import ConfigError, to_dict
+from lab.data.datasets import ImageDataModule
+from lab.metrics.measures import train_step_flops
+from lab.quantizers.base import local_statistics
+from lab.runtime import quiet
+from lab.runtime.files import atomic_write, process_rank, runs_root
+from lab.runtime.machine import resolve_precision
+from lab.runtime.runlock import check_resume, lock_run
+from lab.runtime.safety import load_checkpoint
+from lab.runtime.tracking import build_loggers
+from lab.runtime.tracking import log_final as log_to_loggers
+from lab.runtime.trainer import AtomicCheckpointIO, StepTimer, share_cpu_threads, warn_if_cpu_busy
+
+# Our EpochSampler (lab/data/datasets.py) resumes mid-epoch exactly, which Lightning cannot see: silence its warning.
+warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch ended.*")
+
+
+def make_run_dir(cfg: Any) -> tuple[Path, bool]:
+    """(run directory, resuming?). A new run never reuses an existing directory. Rank 0 decides it; the other
+    ranks of a multi-process run (launched from rank 0 by Lightning) inherit it and create nothing."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # a later stage of a multi-process run (the group outlives the first stage's Trainer): ask rank 0
+        box = [_make_run_dir(cfg) if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        run_dir, resuming = box[0]
+        os.environ["BITLAB_RUN_DIR"] = str(run_dir)
+        return run_dir, resuming
+    if process_rank() > 0 and os.environ.get("BITLAB_RUN_DIR"):
+        return Path(os.environ["BITLAB_RUN_DIR"]), bool(cfg["resume"])
+    run_dir, resuming = _make_run_dir(cfg)
+    os.environ["BITLAB_RUN_DIR"] = str(run_dir)  # for the ranks Lightning is about to launch
+    return run_dir, resuming
+
+
+def _make_run_dir(cfg: Any) -> tuple[Path, bool]:
+    base = runs_root(cfg) / cfg["name"]
+    if cfg["resume"]:
+        if cfg["run_id"]:
+            run_dir = base / str(cfg["run_id"])
+        else:
+            candidates = sorted(p.parent.parent for p in base.glob("*/checkpoints/last.ckpt"))
+            if not candidates:
+                raise ConfigError(f"resume=true but no run of '{cfg['name']}' has a checkpoint under {base}/*/checkpoints/last.ckpt.")
+            run_dir = max(candidates, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime)
+        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            raise ConfigError(f"resume=true but {run_dir}/checkpoints/last.ckpt does not exist.")
+        lock_run(run_dir)  # held until the run ends: a second resume of it (or a sweep) is refused meanwhile
+        check_resume(cfg, run_dir)
+        return run_dir, True
+    run_id = cfg["run_id"] or f"{datetime.now():%Y%m%d-%H%M%S}-s{cfg['seed']}"
+    run_dir = base / str(run_id)
+    if cfg["run_id"] and run_dir.exists():
+        raise ConfigError(f"run_id={run_id} already exists at {run_dir}; a run never overwrites another. Pick another run_id or resume=true.")
+    n = 1
+    while run_dir.exists():  # two runs started in the same second
+        n += 1
+        run_dir = base / f"{run_id}-{n}"
+    run_dir.mkdir(parents=True)
+    lock_run(run_dir)
+    return run_dir, False
+
+
+def check_checkpoint_matches(module: pl.LightningModule, ckpt: Path) -> None:
+    """Before resuming: the checkpoint's tensors must have exactly the model's names and shapes. A checkpoint
+    from another configuration is refused, naming the first differences; it is never loaded non-strictly."""
+    ckpt_data = load_checkpoint(ckpt)  # weights_only: a crafted file is refused before any of it runs
+    state = ckpt_data.get("state_dict") if isinstance(ckpt_data, dict) else None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{ckpt} is not a Lightning checkpoint (no state_dict).")
+    own = module.state_dict()
+    problems = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    problems += [f"{k}: missing from the checkpoint" for k in own if k not in state]
+    problems += [f"{k}: in the checkpoint, not in the model" for k in state if k not in own]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ConfigError(
+            f"The checkpoint {ckpt} comes from a different configuration: {'; '.join(problems[:3])}{more}. "
+            "Resume with the configuration it was trained with (its config.yaml), or start a new run."
+        )
+
+
+def build_datamodule(cfg: Any) -> ImageDataModule:
+    data = dict(to_dict(cfg["data"]))
+    loader = cfg["loader"]
+    return ImageDataModule(
+        data, batch_size=loader["batch_size"], num_workers=loader["num_workers"],
+        image_size=loader["image_size"], seed=cfg["seed"],
+    )
+
+
+def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) -> pl.Trainer:
+    quiet.install()  # known-harmless warnings and Lightning's tips hidden unless --verbose
+    trainer_kw = dict(to_dict(cfg["trainer"]))
+    if str(trainer_kw.get("precision")) == "auto":  # a caller that skipped resolve_run_settings: Lightning needs a value
+        trainer_kw["precision"] = resolve_precision("auto", trainer_kw.get("accelerator", "cpu"), str(cfg["stage"]))[0]
+    warn_if_cpu_busy(trainer_kw)
+    share_cpu_threads(trainer_kw)
+    ckpt_dir = run_dir / "checkpoints"
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+                           auto_insert_metric_name=False)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last-step", save_last=True,
+                           every_n_train_steps=cfg["checkpoint_every_n_steps"], save_top_k=0,
+                           enable_version_counter=False)  # always last.ckpt, never a stray last-v1.ckpt on resume
+    loggers = build_loggers(cfg, run_dir)  # `logger:` in the config: tensorboard (default), csv, wandb, mlflow
+    lr = [LearningRateMonitor(logging_interval="step")] if loggers else []
+    return pl.Trainer(
+        **trainer_kw,
+        logger=loggers or False,
+        callbacks=[best, last, quiet.ProgressBar(refresh_rate=10), StepTimer()] + lr + list(extra_callbacks or []),
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+        enable_model_summary=False,
+        deterministic=bool(cfg["deterministic"]) or None,
+    )
+
+
+def write_metrics(run_dir: Path, metrics: dict) -> None:
+    atomic_write(run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2, default=float)))
+
+
+HEADLINE = ("psnr", "ssim", "lpips", "rfid", "bit_entropy", "codebook_usage", "baseline_psnr", "baseline_lpips",
+            "val_loss", "bit_accuracy", "token_accuracy", "gfid", "params", "head_params", "wall_time_s", "peak_memory_mb")
+
+
+def summary(run_dir: Path, metrics: dict) -> str:
+    lines = [f"run: {run_dir}"]
+    for k in HEADLINE:
+        if k in metrics:
+            v = metrics[k]
+            lines.append(f"  {k:<16} {v:.4g}" if isinstance(v, float) else f"  {k:<16} {v}")
+    lines.append(f"  outputs: {run_dir}/metrics.json, {run_dir}/checkpoints/, TensorBoard: {run_dir}/tb")
+    return "\n".join(lines)
+
+
+def seed_all(cfg: Any) -> None:
+    pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
+    if cfg["deterministic"]:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def eval_device(cfg: Any) -> torch.device:
+    """Where the work outside trainer.fit runs (feature caching, final evaluation, grids): the accelerator the
+    trainer uses when it is a GPU (Lightning hands the model back on the CPU after fit), else the CPU."""
+    acc = str(cfg["trainer"].get("accelerator", "cpu"))
+    if acc in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def step_flops(module: Any, dm: ImageDataModule) -> int:
+    """FLOPs of one training step on a training batch (after training: the run's RNG is untouched)."""
+    batch = next(iter(dm.train_dataloader()))
+    B = len(batch["image"])
+    b = min(B, 4)  # FLOPs are linear in the batch: count a slice (a full 256-px batch in fp32 may not fit)
+    batch = {k: (v[:b].to(module.device) if torch.is_tensor(v) else v[:b]) for k, v in batch.items()}
+    with local_statistics():  # rank 0 alone: no collective may wait for the others
+        return int(train_step_flops(module, batch) * B / b)
+
+
+def flat_hparams(cfg: Any, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (to_dict(cfg) if not isinstance(cfg, dict) else cfg).items():
+        if k in ("presets", "sweep", "seeds", "report"):
+            continue
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, key + "."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[key] = v
+        elif v is not None:
+            out[key] = str(v)
+    return out
+
+
+def log_final(trainer: pl.Trainer, cfg: Any, metrics: dict) -> None:
+    """Final metrics as scalars and in TensorBoard's HParams view, one view for every stage (lab/runtime/tracking.py)."""
+    log_to_loggers(trainer, cfg, metrics)

@@ -1,0 +1,363 @@
+"""The generator stage end to end: find or train the tokenizer, cache features, train, evaluate.
+
+A generator experiment names its tokenizer with ``tokenizer_from`` (a checkpoint file or a tokenizer run
+directory). When it is null the experiment's own tokenizer stage is trained first, once, and cached under
+``runs/_tokenizers/<hash>/`` keyed by everything that defines it (data, quantizer, tokenizer, loss and
+``tokenizer_train``), so every generator that needs the same tokenizer reuses it.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from omegaconf import DictConfig, OmegaConf
+
+from lab.core.registry import ConfigError, build, save_config, suggest, to_dict, upgrade_renamed
+from lab.generation.correction import CORRECTIONS, NoCorrection, check_compatible
+from lab.generation.sampling import SampleOptions, make_cond, sample_images
+from lab.metrics import fid_protocol as P
+from lab.metrics.evaluate import format_per_scale, label_noise_sensitivity
+from lab.metrics.fid_protocol import check_eval_size
+from lab.metrics.measures import count_params, peak_memory_mb, reset_peak_memory
+from lab.models.heads import build_head
+from lab.models.text import encode_text
+from lab.models.tokenizer import ARCH_VERSION, Tokenizer
+from lab.models.transformer import LADDER, Transformer
+from lab.quantizers import build_quantizer
+from lab.runtime.files import atomic_torch_save, exclusive, process_rank, runs_root
+from lab.runtime.machine import metrics_record, resolve_precision, resolve_run_settings
+from lab.runtime.safety import load_checkpoint
+from lab.runtime.signals import Interruption
+from lab.runtime.trainer import cpu_load, timer_of
+from lab.stages.common import (build_datamodule, build_trainer, check_checkpoint_matches, eval_device, log_final,
+                               make_run_dir, seed_all, step_flops, summary, write_metrics)
+from lab.stages.tokenizer import run_tokenizer
+from lab.train.generator import GeneratorModule
+from lab.train.modules import TokenizerModule
+
+TOKENIZER_KEYS = ("data", "quantizer", "tokenizer", "loss", "tokenizer_train")
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def tokenizer_config(cfg: DictConfig) -> DictConfig:
+    """The tokenizer-stage config a generator experiment implies."""
+    d = to_dict(cfg)
+    tt = d["tokenizer_train"]
+    d.update(stage="tokenizer", seed=tt["seed"], resume=False, run_id="run")
+    d["trainer"] = {**d["trainer"], "max_steps": tt["max_steps"], "val_check_interval": min(d["trainer"]["val_check_interval"], tt["max_steps"])}
+    # the tokenizer stage's own precision: tokenizer_train.precision, else what the experiment asked for (before
+    # this generator stage resolved it: `auto` is resolved here again, for this stage)
+    requested = tt["precision"] if tt.get("precision") is not None else (d.get("resolved") or {}).get("precision_requested", d["trainer"]["precision"])
+    precision, why = resolve_precision(requested, d["trainer"].get("accelerator", "cpu"), "tokenizer")
+    d["trainer"]["precision"] = precision
+    d["resolved"] = {"precision_requested": str(requested), "precision": precision, "precision_reason": why}
+    d["loader"] = {**d["loader"], "global_batch_size": None}  # tokenizer_train.batch_size is per process
+    d["optim"] = {**d["optim"], "learning_rate": tt["learning_rate"], "ema_decay": 0.0}
+    d["loader"] = {**d["loader"], "batch_size": tt["batch_size"]}
+    d["eval"] = {**d["eval"], "fid_samples": 0}
+    key = {k: d[k] for k in TOKENIZER_KEYS} | {"image_size": d["loader"]["image_size"], "arch_version": ARCH_VERSION}
+    key["tokenizer_train"] = {k: v for k, v in key["tokenizer_train"].items() if k != "precision"}
+    if str(d["trainer"]["precision"]) not in ("32-true", "32"):  # fp32 keys stay those of earlier tokenizers
+        key["precision"] = str(d["trainer"]["precision"])
+    d["name"] = f"_tokenizers/{_hash(key)}"
+    return OmegaConf.create(d)
+
+
+def checkpoint_in(path: Path) -> Path:
+    """The checkpoint a path names: the file itself, or a run directory's best (else last) checkpoint."""
+    if path.is_file():
+        return path
+    for name in ("best.ckpt", "last.ckpt"):
+        if (path / "checkpoints" / name).is_file():
+            return path / "checkpoints" / name
+    raise ConfigError(f"tokenizer_from={path}: no checkpoint there (looked for the file itself and {path}/checkpoints/best.ckpt, last.ckpt).")
+
+
+def load_tokenizer(path: str | Path):
+    """A TokenizerModule from a checkpoint or a run directory (strict: a shape mismatch is an error)."""
+    ckpt = checkpoint_in(Path(path))
+    try:
+        load_checkpoint(ckpt)  # weights_only: a crafted file is a ConfigError before Lightning reads it
+        module = TokenizerModule.load_from_checkpoint(str(ckpt), map_location="cpu", strict=True, weights_only=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"The tokenizer checkpoint {ckpt} does not match its configuration: {first}") from None
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{ckpt} is not a bitlab tokenizer checkpoint ({e}).") from None
+    module.adopt_ema()
+    return module
+
+
+def load_generator(run_dir: Path):
+    """(GeneratorModule in eval mode, its config) from a generator run directory or checkpoint."""
+    ckpt_path = checkpoint_in(Path(run_dir))
+    ckpt = load_checkpoint(ckpt_path)  # weights_only: a crafted file is refused before any of it runs
+    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    if not isinstance(hp, dict) or not isinstance(hp.get("cfg"), dict) or hp["cfg"].get("stage") != "generator":
+        raise ConfigError(f"{ckpt_path} is not a bitlab generator checkpoint.")
+    cfg = upgrade_renamed(hp["cfg"], note=False)  # (0.1 checkpoints: sample.cfg)
+    tok = Tokenizer(quantizer=cfg["quantizer"], **cfg["tokenizer"])
+    module = GeneratorModule(cfg, tok, num_classes=hp["num_classes"])
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise ConfigError(f"{ckpt_path} does not match its configuration: {str(e).splitlines()[0]}") from None
+    return module.eval(), cfg
+
+
+def resolve_tokenizer(cfg: DictConfig):
+    """(TokenizerModule, its directory): from ``tokenizer_from``, the cache, or by training it now."""
+    if cfg["tokenizer_from"]:
+        path = Path(cfg["tokenizer_from"])
+        if not path.exists():
+            raise ConfigError(f"tokenizer_from={path} does not exist. Give a tokenizer checkpoint (.ckpt) or run directory, or null to train one.")
+        module = load_tokenizer(path)
+        theirs, ours = to_dict(module.cfg["quantizer"]), to_dict(cfg["quantizer"])
+        if theirs != ours:
+            raise ConfigError(
+                f"tokenizer_from={path} was trained with quantizer {theirs}, but this experiment says {ours}. "
+                f"Set quantizer to match (e.g. quantizer.name={theirs.get('name')}), or tokenizer_from=null to train one."
+            )
+        return module, (path if path.is_dir() else path.parent.parent)
+    tcfg = tokenizer_config(cfg)
+    tdir = runs_root(tcfg) / tcfg["name"] / "run"
+    if (tdir / "metrics.json").is_file():
+        print(f"reusing tokenizer {tdir}")
+        return load_tokenizer(tdir), tdir
+    # one process trains a cache entry; another that needs it meanwhile (a second sweep invocation) waits for it
+    with exclusive(tdir.parent / ".training.lock", waiting=f"waiting for another process to finish training {tdir}"):
+        if (tdir / "metrics.json").is_file():
+            print(f"reusing tokenizer {tdir} (trained meanwhile by another process)")
+        else:
+            if (tdir / "checkpoints" / "last.ckpt").is_file():
+                tcfg["resume"] = True
+            elif tdir.exists() and process_rank() == 0:  # (other ranks join rank 0's run of it)
+                shutil.rmtree(tdir)  # an interrupted cache entry with no checkpoint: nothing to keep
+            print(f"training the tokenizer stage first -> {tdir}")
+            run_tokenizer(tcfg)
+    return load_tokenizer(tdir), tdir
+
+
+@torch.no_grad()
+def cache_features(module: GeneratorModule, dm, tdir: Path, cfg: DictConfig) -> None:
+    """Encoder features of every image of both splits, computed once and stored beside the tokenizer."""
+    key = _hash({"data": to_dict(cfg["data"]), "size": cfg["loader"]["image_size"]})
+    path = tdir / "features" / f"{key}.pt"
+    if path.is_file():
+        feats = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        feats = {}
+        tok = module.tokenizer.eval()
+        device, was = eval_device(cfg), next(tok.parameters()).device
+        tok.to(device)
+        for split in ("train", "validation"):
+            chunks = [tok.encode(b["image"].to(device)).cpu() for b in dm.ordered_loader(split)]
+            feats[split] = torch.cat(chunks).contiguous()
+        tok.to(was)
+        atomic_torch_save(feats, path)
+    module.features = feats
+    if module.model.cond_kind == "text":
+        module.text = cache_text(dm, cfg, key)
+
+
+def cache_text(dm, cfg: DictConfig, key: str) -> dict:
+    path = runs_root(cfg) / "_text" / f"{key}.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    out = {split: encode_text(dm.captions(split)) for split in ("train", "validation")}
+    atomic_torch_save(out, path)
+    return out
+
+
+def sample_opts(config: Any, **kw) -> SampleOptions:
+    """The run's ``sample:`` options, with keyword overrides (``guidance=3.0``, ``seed=1``, ...)."""
+    s = config["sample"]
+    base = dict(guidance=s["guidance"], guidance_schedule=s["guidance_schedule"], temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"])
+    base.update(kw)
+    return SampleOptions(**base)
+
+
+@torch.no_grad()
+def free_running_accuracy(module: GeneratorModule, batch: dict) -> list[float]:
+    """Per scale: greedy predictions made on the model's *own* earlier scales, scored against the codes that
+    re-quantizing the real image's residual ``f - f_hat_own`` gives (what a perfect corrector would emit)."""
+    model, head, msq = module.model, module.head, module.tokenizer.msq
+    f = module.batch_features(batch, "validation")
+    B = f.shape[0]
+    cond = make_cond(model, labels=batch["label"].to(module.device), text=module.batch_text(batch, "validation"), batch_size=B, guided=False)
+    cache, f_hat, start, acc = model.new_cache(), torch.zeros_like(f), 0, []
+    if model.order != "scale":
+        return []
+    for k, s in enumerate(msq.scales):
+        x = None if k == 0 else msq.down(f_hat, s).flatten(2).transpose(1, 2)
+        logits = head(model.step(x, cond, cache, start, s * s))
+        start += s * s
+        target, _ = msq.quantize_scale(f, f_hat, k)
+        target = target.flatten(1, 2)
+        acc.append(float(head.bit_agreement(logits, target).mean()))
+        pred = head.sample(logits, temperature=0, top_k=0, top_p=1.0, generator=None)
+        f_hat = f_hat + msq.contribution(msq.scale_latent(pred.reshape(B, s, s, *pred.shape[2:])), k)
+    return acc
+
+
+@torch.no_grad()
+def evaluate_generator(module: GeneratorModule, dm, cfg: Any) -> dict:
+    t_eval = time.time()
+    module.eval()
+    K = len(module.tokenizer.scales)
+    ev = cfg["eval"]
+    tot = {"loss": 0.0, "tok": 0.0, "bit": 0.0}
+    ps_loss, ps_tf, ps_fr = [0.0] * K, [0.0] * K, [0.0] * K
+    n = 0
+    for i, batch in enumerate(dm.ordered_loader("validation")):
+        if i >= ev["batches"]:
+            break
+        batch = {k: (v.to(module.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        tok_loss, logits, labels = module.losses(batch, "validation", NoCorrection(), None)
+        tot["loss"] += float(tok_loss.mean())
+        tot["tok"] += float(module.head.correct(logits, labels).mean())
+        bits = module.head.bit_agreement(logits, labels)
+        tot["bit"] += float(bits.mean())
+        for k, (l, a) in enumerate(zip(module.per_scale(tok_loss), module.per_scale(bits))):
+            ps_loss[k] += float(l)
+            ps_tf[k] += float(a)
+        for k, a in enumerate(free_running_accuracy(module, batch)):
+            ps_fr[k] += a
+        n += 1
+    m: dict[str, Any] = {"val_loss": tot["loss"] / n, "token_accuracy": tot["tok"] / n, "bit_accuracy": tot["bit"] / n}
+    per = {"scale": module.tokenizer.scales, "val_loss": [v / n for v in ps_loss], "accuracy_teacher_forced": [v / n for v in ps_tf]}
+    if module.model.order == "scale":
+        per["accuracy_free_running"] = [v / n for v in ps_fr]
+        per["accuracy_gap"] = [a - b for a, b in zip(per["accuracy_teacher_forced"], per["accuracy_free_running"])]
+    m["per_scale"] = per
+    if ev["label_noise"]:
+        f = module.features.get("validation")
+        if f is None:
+            f = torch.cat([module.tokenizer.encode(b["image"].to(module.device)) for b in dm.ordered_loader("validation")])
+        m["label_noise"] = label_noise_sensitivity(module.tokenizer.msq, f[:512].to(module.device), ev["label_noise"])
+    if ev["fid_samples"] > 0:
+        m.update(gfid(module, dm, cfg, ev["fid_samples"]))
+        m["sample_images_per_s"] = m["fid_samples"] / max(m["sampling_time_s"], 1e-9)
+    m["eval_time_s"] = time.time() - t_eval
+    return m
+
+
+@torch.no_grad()
+def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> dict:
+    """gFID and KID of ``n`` generated images, conditioned on the first ``n`` validation images' labels/captions,
+    against the Inception features of the training split (``eval.fid_reference_limit``: a seeded subset), with
+    the floor (those ``n`` real validation images) and the ceiling (``n`` images decoded from random codes) of
+    ``lab.metrics.fid_protocol``. -> metrics.json entries, ``fid_samples`` and ``sampling_time_s`` (sampling and decoding
+    only) included."""
+    opts = P.options(cfg["eval"])
+    kid_kw = {"kid_subsets": opts["kid_subsets"], "kid_subset_size": opts["kid_subset_size"]}
+    device = module.device
+    ref, ref_info = P.reference(dm.splits["train"].images, split="train", data=str(cfg["data"]["name"]),
+                                limit=opts["fid_reference_limit"], device=device)
+    extractor = P.InceptionFeatures().to(device)
+    feats, seen, gen_time, inc_time = [], 0, 0.0, 0.0
+    for i, batch in enumerate(dm.ordered_loader("validation")):
+        if seen >= n:
+            break
+        take = min(batch["image"].shape[0], n - seen)
+        b = {k: (v[:take].to(device) if torch.is_tensor(v) else v[:take]) for k, v in batch.items()}
+        cond = {}
+        if module.model.cond_kind == "class":
+            cond["labels"] = b["label"]
+        elif module.model.cond_kind == "text":
+            cond["text"] = module.batch_text(b, "validation")
+        t0 = time.perf_counter()
+        imgs = sample_images(module.model, module.head, module.tokenizer, batch_size=take, opts=sample_opts(cfg, seed=i), **cond)
+        t1 = time.perf_counter()
+        feats.append(extractor(imgs).cpu())  # one batch of generated images through Inception at a time
+        gen_time, inc_time = gen_time + t1 - t0, inc_time + time.perf_counter() - t1
+        seen += take
+    fake = P.FeatureSet(torch.cat(feats), "generated")
+    floor = P.cached_score(P.prefix_features(dm.splits["validation"].images, seen, device=device,
+                                             what=f"the floor: {seen} validation images"), ref, **kid_kw)
+    rand = P.random_code_images(module.tokenizer, seen, device=device)
+    ceiling = P.cached_score(P.features_of(rand, device=device, what=f"the ceiling: {seen} random-code images"),
+                             ref, **kid_kw)
+    m = P.protocol_metrics("gfid", "kid", P.score(fake, ref, **kid_kw), ref_info, floor=floor, ceiling=ceiling,
+                           kid_subsets=opts["kid_subsets"])
+    m.update(fid_samples=seen, sampling_time_s=gen_time, inception_time_s=inc_time)
+    return m
+
+
+def preflight(cfg: DictConfig) -> None:
+    """The checks that need no training, before any (a tokenizer may be trained first): generator size, the
+    quantizer x head x correction combination (an absurd index head is refused here), tokenizer_from matching."""
+    if cfg["optim"].get("ema_decay"):
+        raise ConfigError(
+            f"optim.ema_decay={cfg['optim']['ema_decay']}: weight averaging is implemented for the tokenizer stage "
+            "only (the generator's tokenizer stage trains without it); set optim.ema_decay=0 for a generator run."
+        )
+    gen = to_dict(cfg["generator"])
+    size = gen.get("size", inspect.signature(Transformer).parameters["size"].default)
+    if size not in LADDER:
+        raise ConfigError(f"Unknown generator.size '{size}'.{suggest(str(size), list(LADDER))}")
+    width = gen.get("width") or LADDER[size][1]
+    latent = to_dict(cfg["tokenizer"]).get("latent_dim", inspect.signature(Tokenizer).parameters["latent_dim"].default)
+    q = build_quantizer(to_dict(cfg["quantizer"]), dim=latent)
+    build_head(to_dict(cfg["head"]), width=width, code_kind=q.code_kind, bits=q.bits, vocab_size=q.vocab_size)
+    check_compatible(build(CORRECTIONS, to_dict(cfg["correction"]), "correction"), q.code_kind, str(cfg["quantizer"]["name"]))
+
+
+def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
+    preflight(cfg)
+    resolve_run_settings(cfg)  # the generator stage's precision / layout (its tokenizer stage resolves its own)
+    seed_all(cfg)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    check_eval_size(cfg["eval"]["fid_samples"], len(dm.splits["validation"]))  # before any training
+    tok_module, tdir = resolve_tokenizer(cfg)
+    seed_all(cfg)
+    module = GeneratorModule(to_dict(cfg), tok_module.tokenizer, num_classes=dm.num_classes)
+    cache_features(module, dm, tdir, cfg)
+    if cfg["compile"]:
+        module.model.compile()  # in place: parameter names (and checkpoints) are unchanged
+    run_dir, resuming = make_run_dir(cfg)
+    if not resuming and process_rank() == 0:
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "tokenizer.txt").write_text(str(tdir) + "\n")
+    reset_peak_memory()
+    t0 = time.time()
+    ckpt = run_dir / "checkpoints" / "last.ckpt" if resuming else None
+    if ckpt:
+        check_checkpoint_matches(module, ckpt)
+    trainer = build_trainer(cfg, run_dir, [Interruption(run_dir)])  # SIGTERM / SIGINT: checkpoint, clean exit
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+    train_time = time.time() - t0
+    train_peak = peak_memory_mb()  # training alone; peak_memory_mb below also covers the evaluation
+    metrics: dict[str, Any] = {}
+    if trainer.is_global_zero:
+        module.to(eval_device(cfg))
+        metrics = evaluate_generator(module, dm, cfg)
+        metrics.update(
+            params=count_params(module.model) + count_params(module.head), head_params=module.head_params(),
+            steps=int(trainer.global_step), wall_time_s=time.time() - t0, train_time_s=train_time,
+            peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(), tokenizer=str(tdir), flops_per_step=step_flops(module, dm),
+            steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg),
+            **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
+        )
+        write_metrics(run_dir, metrics)
+        log_final(trainer, cfg, metrics)
+        imgs = module.sample_grid(cfg["sample"]["grid"])
+        torchvision.utils.save_image(imgs * 0.5 + 0.5, run_dir / "samples.png", nrow=int(len(imgs) ** 0.5 + 0.999))
+        print(summary(run_dir, metrics))
+        print_per_scale(metrics["per_scale"])
+    return run_dir, metrics
+
+
+def print_per_scale(per: dict) -> None:
+    print(format_per_scale(per))

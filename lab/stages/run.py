@@ -1,0 +1,25 @@
+"""One run of one experiment: ``stage: tokenizer`` or ``stage: generator``, under the run's lock.
+
+Every run writes ``runs/<NAME>/<run-id>/`` with ``config.yaml`` (resolved), ``metrics.json``,
+``checkpoints/`` (last + best) and TensorBoard events, and never writes into another run's directory.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from lab.runtime.files import atomic_torch_save, atomic_write, exclusive, process_rank, runs_root  # noqa: F401 (re-exported)
+from lab.runtime.runlock import released_after
+from lab.runtime.trainer import cpu_load, share_cpu_threads  # noqa: F401 (re-exported)
+from lab.stages.common import build_datamodule, build_trainer, make_run_dir  # noqa: F401 (re-exported)
+from lab.stages.generator import run_generator
+from lab.stages.tokenizer import run_tokenizer
+
+
+def run_experiment(cfg: DictConfig) -> tuple[Path, dict]:
+    """Train and evaluate one run of ``cfg``; return (run directory, final metrics)."""
+    with released_after():  # the run's lock (lab/runtime/runlock.py) is held until here
+        if cfg["stage"] == "generator":
+            return run_generator(cfg)
+        return run_tokenizer(cfg)

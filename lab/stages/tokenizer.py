@@ -1,0 +1,81 @@
+"""The tokenizer stage end to end: train the tokenizer, evaluate it (lab/metrics/evaluate.py), write its metrics
+and image grids. The skeleton it shares with the generator stage is lab/stages/common.py."""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from omegaconf import DictConfig
+
+from lab.core.registry import save_config, to_dict
+from lab.data.datasets import ImageDataModule
+from lab.metrics.evaluate import evaluate_tokenizer, format_per_scale
+from lab.metrics.fid_protocol import check_eval_size
+from lab.metrics.measures import count_params, peak_memory_mb, reset_peak_memory
+from lab.runtime.files import process_rank
+from lab.runtime.machine import metrics_record, resolve_run_settings
+from lab.runtime.signals import Interruption
+from lab.runtime.trainer import cpu_load, timer_of
+from lab.stages.common import (build_datamodule, build_trainer, check_checkpoint_matches, eval_device, log_final,
+                               make_run_dir, seed_all, step_flops, summary, write_metrics)
+from lab.train.modules import TokenizerModule, image_grid
+
+
+def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
+    resolve_run_settings(cfg)  # trainer.precision / devices: auto -> concrete values, recorded in cfg.resolved
+    seed_all(cfg)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")  # data problems surface before a run directory exists
+    check_eval_size(cfg["eval"]["fid_samples"], len(dm.splits["validation"]))
+    module = TokenizerModule(to_dict(cfg))
+    if cfg["compile"]:
+        module.tokenizer.compile()  # in place: parameter names (and checkpoints) are unchanged
+    run_dir, resuming = make_run_dir(cfg)
+    if not resuming and process_rank() == 0:
+        save_config(cfg, run_dir / "config.yaml")
+    reset_peak_memory()
+    t0 = time.time()
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resuming else None
+    if ckpt:
+        check_checkpoint_matches(module, Path(ckpt))
+    trainer = build_trainer(cfg, run_dir, [Interruption(run_dir)])  # SIGTERM / SIGINT: checkpoint, clean exit
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
+    train_time = time.time() - t0
+    train_peak = peak_memory_mb()  # training alone; peak_memory_mb below also covers the evaluation
+    metrics: dict[str, Any] = {}
+    module.adopt_ema()  # from here on, module.tokenizer is the evaluated (averaged) one
+    if trainer.is_global_zero:
+        ev = cfg["eval"]
+        module.to(eval_device(cfg))
+        metrics = evaluate_tokenizer(
+            module.tokenizer, dm.val_dataloader(), batches=ev["batches"], fid_samples=ev["fid_samples"],
+            lpips=module.metric_lpips, device=module.device, protocol=ev,
+        )
+        metrics.update(
+            params=count_params(module.tokenizer), steps=int(trainer.global_step),
+            wall_time_s=time.time() - t0, train_time_s=train_time, peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(),
+            flops_per_step=step_flops(module, dm), steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg),
+            **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
+        )
+        write_metrics(run_dir, metrics)
+        log_final(trainer, cfg, metrics)
+        save_grids(module, dm, run_dir, cfg["eval"]["grid_images"])
+        print(summary(run_dir, metrics))
+        print(format_per_scale(metrics["per_scale"]))
+    return run_dir, metrics
+
+
+def save_grids(module: Any, dm: ImageDataModule, run_dir: Path, n: int) -> None:
+    """PNG grids beside the metrics: inputs vs reconstructions, and reconstructions from the first k scales."""
+    x = next(iter(dm.val_dataloader()))["image"][:n].to(module.device)
+    tok = module.tokenizer.eval()
+    with torch.no_grad():
+        prefixes = tok.decode_prefixes(x)
+    torchvision.utils.save_image(image_grid([x, prefixes[-1]], n), run_dir / "reconstructions.png")
+    torchvision.utils.save_image(image_grid([x] + prefixes, n), run_dir / "progressive.png")

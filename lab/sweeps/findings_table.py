@@ -1,0 +1,137 @@
+"""The nine findings of issue 17, declared: what the paper claims (its numbers from the papers' tables, as in
+``/work/shared/REFERENCE.md``), which suite's results decide it, and the contrasts that decide it, each with the
+sign the paper's effect has. ``lab/sweeps/findings.py`` computes the verdicts; adding a finding is a ``Finding(...)``
+here. Plain data: importing this module imports nothing else of the project.
+
+A contrast's ``paper_sign`` is the sign of its *raw* effect in the paper's direction: for ``paired``
+``case - baseline`` (so a lower gFID for the case is -1, a higher PSNR +1), for ``dod`` the difference of
+differences, for ``within`` ``metric - other``, for ``correlation`` Pearson r(other, metric), for ``slope`` the
+growth of log2(peak memory) per bit of ``case`` minus that of ``baseline``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+KINDS = ("paired", "dod", "within", "correlation", "slope")
+LADDER = ("xs", "s", "m", "l", "xl")  # generator.size, smallest first (lab/train/generator.py's sizes)
+# A suite's results were made under issue 13's protocol when they have these columns (lab/metrics/fid_protocol.py:
+# generator runs record kid and the normalized gFID, tokenizer runs the rKID beside rFID).
+PROTOCOL_COLUMNS = {"tokenizer": ("rkid",), "generator": ("kid", "gfid_normalized")}
+MIN_SEEDS = 3
+BENCH = "bench"  # the pseudo-suite of F2: results/bench/quantizers.json from `make bench`
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """One comparison a finding is decided on (see the module docstring for ``kind`` and ``paper_sign``)."""
+    label: str
+    metric: str
+    kind: str = "paired"
+    paper_sign: int = -1
+    axis: str = "case"            # paired / dod: the column whose values ``case`` and ``baseline`` are
+    case: str = ""
+    baseline: str = ""
+    within: tuple[str, ...] = ()  # columns held equal between case and baseline (compared per value)
+    where: Mapping[str, str] = field(default_factory=dict)  # fnmatch filters on the rows used
+    over: str = ""                # dod: the axis whose smallest and largest value the gap is compared at
+    other: str = ""               # within: the metric subtracted; correlation: the x of r(x, metric)
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str
+    title: str
+    source: str
+    paper: str                    # the paper's claim with its numbers
+    suite: str                    # experiments/ablations/<suite>.yaml, published to results/<suite>/
+    stage: str                    # tokenizer | generator: which protocol columns its results must have
+    contrasts: tuple[Contrast, ...]
+    note: str = ""                # what the contrasts measure here that the paper's setting does not, or how to settle it
+
+
+FINDINGS: tuple[Finding, ...] = (
+    Finding(
+        "F1", "BSQ reconstruction improves with vocabulary 2^16 → 2^64", "Infinity Tab.4",
+        "2^16 / 2^32 / 2^64: PSNR 20.9 / 22.7 / 24.9 dB, rFID 1.22 / 0.61 / 0.33 (rFID@256); better at every step",
+        "tokenizer_vocab", "tokenizer",
+        (Contrast("2^16 → 2^32, PSNR", "psnr", paper_sign=+1, case="bsq-2^32", baseline="bsq-2^16"),
+         Contrast("2^32 → 2^64, PSNR", "psnr", paper_sign=+1, case="bsq-2^64", baseline="bsq-2^32"),
+         Contrast("2^16 → 2^32, rFID", "rfid", paper_sign=-1, case="bsq-2^32", baseline="bsq-2^16"),
+         Contrast("2^32 → 2^64, rFID", "rfid", paper_sign=-1, case="bsq-2^64", baseline="bsq-2^32")),
+        "the tokenizer's seed pairs the runs; the same training budget for every vocabulary"),
+    Finding(
+        "F2", "LFQ memory explodes with bits, BSQ stays flat", "Infinity Tab.3",
+        "training memory LFQ 37.6 GB at d = 16, 53.7 GB at d = 18, out of memory from d = 20; BSQ 32.4 GB flat to d = 64",
+        BENCH, "bench",
+        (Contrast("growth of log2(peak MiB) per bit, LFQ − BSQ", "peak_mb", kind="slope", paper_sign=+1,
+                  case="lfq", baseline="bsq"),),
+        "one training step of the quantizer alone on 4,096 tokens (the paper: the whole tokenizer); peak tensor "
+        "memory is deterministic, so the interval is the least-squares slope's over the measured bit widths"),
+    Finding(
+        "F3", "bitwise head ≥ index head in gFID with far fewer parameters", "Infinity Tab.5",
+        "at V = 2^16: index head 124M parameters, 2 GB, FID 4.49; bitwise (IVC) head 0.65M, 10 MB, FID 3.83",
+        "head_index_vs_bitwise", "generator",
+        (Contrast("bitwise − index, gFID", "gfid", paper_sign=-1, axis="head.name", case="bitwise", baseline="index",
+                  within=("case",), where={"case": "bsq-*"}),
+         Contrast("bitwise − index, head parameters", "head_params", paper_sign=-1, axis="head.name", case="bitwise",
+                  baseline="index", within=("case",), where={"case": "bsq-*"})),
+        "on the BSQ tokenizer (the VQ case of the suite asks another question); the paper's claim is ≥, so "
+        "'undecided' with a small D also supports it"),
+    Finding(
+        "F4", "small models prefer the smaller vocabulary, large ones the larger", "Infinity Fig.9",
+        "2^16 beats 2^32 for the 125M and 361M models; at 2.2B, 2^32 overtakes after ~40K iterations",
+        "vocab_vs_model", "generator",
+        (Contrast("(2^32 − 2^16) at the largest size − at the smallest, gFID", "gfid", kind="dod", paper_sign=-1,
+                  axis="quantizer", case="bsq-32", baseline="bsq-16", over="generator.size"),
+         Contrast("(2^16 − 2^10) at the largest size − at the smallest, gFID", "gfid", kind="dod", paper_sign=-1,
+                  axis="quantizer", case="bsq-16", baseline="bsq-10", over="generator.size"),
+         Contrast("(2^64 − 2^32) at the largest size − at the smallest, gFID", "gfid", kind="dod", paper_sign=-1,
+                  axis="quantizer", case="bsq-64", baseline="bsq-32", over="generator.size")),
+        "the interaction: a negative difference of differences means the larger vocabulary gains on the smaller "
+        "one as the model grows (the trend towards a crossing). Where the crossing lies beyond `s`: "
+        "`python -m lab run ablations/vocab_vs_model preset=gpu` (adds `m` and `l`, 2^64)"),
+    Finding(
+        "F5", "BSC beats no correction and flips without re-quantization", "Infinity Tab.7",
+        "FID: no correction 9.76, random flips without re-quantization 9.69, flip + re-quantization (BSC) 3.48",
+        "self_correction", "generator",
+        (Contrast("BSC 0.3 − none, gFID", "gfid", paper_sign=-1, case="bsc-0.3", baseline="none"),
+         Contrast("BSC 0.3 − flip 0.3 (no re-quantization), gFID", "gfid", paper_sign=-1, case="bsc-0.3",
+                  baseline="flip-0.3")),
+        "p_max = 0.3 as in Infinity's training script"),
+    Finding(
+        "F6", "flip strength 0.1-0.3 similar, 0.3 best", "Infinity Tab.8",
+        "FID at p_max 0.1 / 0.2 / 0.3: 3.45 / 3.48 / 3.33 (differences of 0.12-0.15 FID)",
+        "self_correction", "generator",
+        (Contrast("BSC 0.3 − BSC 0.1, gFID", "gfid", paper_sign=-1, case="bsc-0.3", baseline="bsc-0.1"),
+         Contrast("BSC 0.3 − BSC 0.2, gFID", "gfid", paper_sign=-1, case="bsc-0.3", baseline="bsc-0.2")),
+        "the paper's differences are far below any D a CPU suite can reach: 'undecided' is the expected answer "
+        "and D says how similar the strengths are here"),
+    Finding(
+        "F7", "validation loss correlates with the evaluation metrics", "Infinity Fig.10",
+        "Pearson r ≈ -0.98 between validation loss and metrics where higher is better (the same direction as a "
+        "positive r with gFID or KID, where lower is better)",
+        "model_scaling", "generator",
+        (Contrast("r(validation loss, gFID)", "gfid", kind="correlation", paper_sign=+1, other="val_loss"),
+         Contrast("r(validation loss, KID)", "kid", kind="correlation", paper_sign=+1, other="val_loss")),
+        "over the runs of the model ladder, per loss kind (bit BCE and index cross-entropy are never pooled); "
+        "sign convention: gFID and KID are lower-is-better, so a positive r is Fig.10's direction"),
+    Finding(
+        "F8", "next-scale beats raster next-token in quality and speed", "VAR",
+        "FID 5.22 next-scale vs 18.65 raster next-token, at about 1/77 of the inference cost",
+        "order", "generator",
+        (Contrast("raster − next-scale, gFID", "gfid", paper_sign=+1, axis="generator.order", case="raster",
+                  baseline="scale"),
+         Contrast("raster − next-scale, images/s at sampling", "sample_images_per_s", paper_sign=-1,
+                  axis="generator.order", case="raster", baseline="scale"))),
+    Finding(
+        "F9", "index labels change far more often than bits under latent noise", "Infinity's motivation",
+        "a small perturbation of the continuous latent changes the index label of a token while flipping few of "
+        "its bits (no number given)",
+        "head_index_vs_bitwise", "generator",
+        (Contrast("index labels changed − bits flipped, noise 0.03 × RMS", "label_noise.0.03.index_change",
+                  kind="within", paper_sign=+1, other="label_noise.0.03.bit_flip", within=("case",),
+                  where={"case": "bsq-*", "head.name": "index"}),),
+        "fractions of the tokens / bits of the BSQ tokenizer; one run per seed (the index-head runs: the "
+        "measurement is the tokenizer's)"),
+)

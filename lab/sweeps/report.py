@@ -1,0 +1,345 @@
+"""The results of a sweep: ``results.csv`` (one row per run), ``results.md`` / ``report.md`` (mean +- std over
+seeds, the computed verdicts against the baseline, the floor and ceiling, the command, the wall time, the machine)
+and the plots. ``python -m lab report NAME`` rebuilds them."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from omegaconf import DictConfig
+
+from lab.core.registry import ConfigError, to_dict
+from lab.core.numfmt import decimals_for, fmt_mean_sd
+from lab.sweeps.plan import DEFAULT_METRICS, FAILED, FIXED_COLUMNS, Job, plan
+from lab.config import header_comment
+from lab.core.numfmt import as_number, fmt_duration
+from lab.core.stats import HIGHER, LOWER, NEUTRAL, bootstrap_correlation, direction, mean_std
+from lab.runtime.files import runs_root
+from lab.runtime.runlock import check_not_stale
+from lab.sweeps.findings import LOSS_KINDS
+from lab.sweeps.plots import make_plots
+from lab.sweeps.verdicts import DEFAULT_VERDICT_METRICS, comparisons, markdown, parse_baseline
+
+
+def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """metrics.json -> flat scalars: per_scale lists become ``per_scale.<key>.<scale>``; nested dicts join keys."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if k == "per_scale" and isinstance(v, Mapping):
+            scales = v.get("scale", [])
+            for key, vals in v.items():
+                if key != "scale" and isinstance(vals, list):
+                    for s, x in zip(scales, vals):
+                        out[f"per_scale.{key}.{s}"] = x
+        elif isinstance(v, Mapping):
+            for kk, vv in flatten_metrics(v).items():
+                out[f"{k}.{kk}"] = vv
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[k] = v
+    return out
+
+
+def collect(suite: DictConfig, jobs: Sequence[Job]) -> list[dict]:
+    rows = []
+
+    sweep_dir = runs_root(suite) / suite["name"]
+    for job in jobs:
+        row: dict[str, Any] = {"suite": suite["name"], "point": job.point.label, "seed": job.seed,
+                               "run_dir": str(job.run_dir.relative_to(sweep_dir))}
+        row.update(job.point.values)
+        mpath = job.run_dir / "metrics.json"
+        if mpath.is_file():
+            row["status"] = "done"
+            row.update(flatten_metrics(json.loads(mpath.read_text())))
+        elif (job.run_dir / FAILED).is_file():
+            info = json.loads((job.run_dir / FAILED).read_text())
+            row["status"] = info.get("status", "failed")
+            row["error"] = info.get("error", "")
+        else:
+            row["status"] = "missing"
+        rows.append(row)
+    return rows
+
+
+def columns_of(rows: Sequence[Mapping], first: Sequence[str]) -> list[str]:
+    cols = list(first)
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    return cols
+
+
+def write_csv(rows: Sequence[Mapping], path: Path, first: Sequence[str]) -> list[str]:
+    cols = columns_of(rows, first)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in cols})
+    return cols
+
+
+def group_rows(rows: Sequence[Mapping]) -> dict[str, list[Mapping]]:
+    groups: dict[str, list[Mapping]] = {}
+    for r in rows:
+        groups.setdefault(r["point"], []).append(r)
+    return groups
+
+
+def markdown_table(rows: Sequence[Mapping], axes: Sequence[str], metrics: Sequence[str]) -> str:
+    """Mean ± sd over seeds per grid point; one number of decimals per column (``lab/core/numfmt.py``)."""
+    done = [r for r in rows if r.get("status") == "done"]
+    metrics = [m for m in metrics if any(as_number(r.get(m)) is not None for r in done)]
+    head = list(axes) + ["seeds"] + (list(metrics) or ["status"])  # status: where no run has finished
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    groups = group_rows(rows)
+    stats = {(label, m): mean_std(r.get(m) for r in g if r.get("status") == "done") for label, g in groups.items() for m in metrics}
+    decimals = {m: decimals_for([ms[0] for (_, mm), ms in stats.items() if mm == m and ms]) for m in metrics}
+    for label, group_all in groups.items():
+        group = [r for r in group_all if r.get("status") == "done"]
+        cells = [str(group_all[0].get(a, "")) for a in axes] + [str(len(group))]
+        if not group:  # every seed failed or has not run: say which
+            statuses = sorted({str(r.get("status")) for r in group_all})
+            cells += [", ".join(statuses).replace("_", " ")] + [""] * (len(metrics) - 1)
+        elif not metrics:
+            cells.append("done")
+        else:
+            for m in metrics:
+                ms = stats[(label, m)]
+                cells.append(fmt_mean_sd(ms[0], ms[1], ms[2], decimals[m], n_expected=len(group)) if ms else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+FLOOR_CEILING = ("gfid", "gfid_floor", "gfid_ceiling", "gfid_normalized", "kid", "kid_floor", "kid_ceiling", "kid_normalized")
+
+
+def floor_ceiling_table(rows: Sequence[Mapping], axes: Sequence[str]) -> str:
+    """Where each case sits between real images (the floor: held-out real images of the same N against the same
+    reference) and noise (the ceiling: uniformly random codes through the same tokenizer): normalized =
+    (FID - floor) / (ceiling - floor). Empty when the runs did not record a floor and ceiling."""
+    done = [r for r in rows if r.get("status") == "done"]
+    if not any(as_number(r.get("gfid_floor")) is not None or as_number(r.get("gfid_ceiling")) is not None for r in done):
+        return ""
+    return "\n".join([
+        "## Floor and ceiling", "",
+        "Floor: held-out real images of the same N scored against the same reference; ceiling: uniformly random "
+        "codes decoded by the same tokenizer, same N; normalized = (score - floor) / (ceiling - floor): 0 is real, 1 "
+        "is noise. Mean ± sd over seeds:", "",
+        markdown_table(rows, axes, FLOOR_CEILING), ""])
+
+
+def verdict_metrics(report: Mapping[str, Any], stage: str, rows: Sequence[Mapping]) -> list[str]:
+    """``report.verdict_metrics``, else the stage's defaults that the results have."""
+    named = list(report.get("verdict_metrics") or [])
+    if named:
+        return named
+    done = [r for r in rows if r.get("status") == "done"]
+    return [m for m in DEFAULT_VERDICT_METRICS.get(stage, ()) if any(as_number(r.get(m)) is not None for r in done)]
+
+
+def verdicts_section(suite: DictConfig, rows: Sequence[Mapping], axes: Sequence[str]) -> str:
+    """The "Verdicts" section: every case against ``report.baseline`` (nothing when the suite names none)."""
+    report = to_dict(suite["report"]) or {}
+    baseline = parse_baseline(report.get("baseline"), [{a: r.get(a, "") for a in axes} for r in rows])
+    if baseline is None:
+        return ""
+    metrics = verdict_metrics(report, str(suite["stage"]), rows)
+    results = comparisons(rows, axes, baseline, metrics, report.get("directions") or {})
+    if not results:
+        return "## Verdicts\n\nNone: no finished run has " + " or ".join(metrics or ["a verdict metric"]) + ".\n"
+    text = markdown(results, baseline)
+    unfinished = [r for r in rows if r.get("status") != "done"]
+    if unfinished:  # say so above the table: a verdict from part of the grid is not the suite's verdict
+        note = (f"**Incomplete: {len(unfinished)} of {len(rows)} runs have not finished** ("
+                + ", ".join(f"{r['point']}/s{r['seed']} {str(r.get('status')).replace('_', ' ')}" for r in unfinished[:8])
+                + (", ..." if len(unfinished) > 8 else "") + "): the verdicts use the finished seed pairs only.\n\n")
+        text = text.replace("## Verdicts\n\n", "## Verdicts\n\n" + note, 1)
+    return text
+
+
+def correlations_section(rows: Sequence[Mapping], specs: Sequence[Mapping], head: str | None = None) -> str:
+    """Pearson r with a 95 % percentile bootstrap interval over runs for each ``scatter`` plot of the report, per
+    loss kind: runs of a bitwise head (bit BCE) and of an index head (index cross-entropy) are never pooled, as
+    their losses are on different scales (grouped by the ``head.name`` column where the suite sweeps the head,
+    else every run has the suite's ``head``). States the sign convention of r."""
+    done = [r for r in rows if r.get("status") == "done"]
+    kinds: dict[str, list[Mapping]] = {}
+    for r in done:
+        h = str(r.get("head.name") or head or "")
+        kinds.setdefault(LOSS_KINDS.get(h, f"{h} head" if h else "all runs"), []).append(r)
+    side = {HIGHER: "higher is better", LOWER: "lower is better"}
+    lines: list[str] = []
+    signs: list[str] = []
+    for spec in specs:
+        if spec.get("kind") != "scatter":
+            continue
+        x, y = spec.get("x"), spec.get("y")
+        for kind, group in kinds.items():
+            pts = [(as_number(r.get(x)), as_number(r.get(y))) for r in group]
+            pts = [p for p in pts if p[0] is not None and p[1] is not None]
+            c = bootstrap_correlation([p[0] for p in pts], [p[1] for p in pts])
+            if c.r is None:
+                lines.append(f"- {kind}: r({x}, {y}) undefined over {c.n} runs (fewer than 3, or one of them constant).")
+            else:
+                ci = f" [{c.ci[0]:.2f}, {c.ci[1]:.2f}]" if c.ci else ""
+                lines.append(f"- {kind}: Pearson r({x}, {y}) = {c.r:.2f}{ci} over {c.n} runs (95 % percentile "
+                             f"bootstrap over runs, {c.n_boot:,} resamples).")
+        dx, dy = direction(x), direction(y)
+        if NEUTRAL not in (dx, dy):
+            good = ">" if dx * dy > 0 else "<"
+            signs.append(f"- Sign convention ({x}: {side[dx]}; {y}: {side[dy]}): r {good} 0 means a better {x} goes "
+                         f"with a better {y}" + (
+                             f". Infinity Fig.10's r ≈ -0.98 is the validation loss against metrics where higher is "
+                             f"better: the same direction is r {good} 0 here." if "loss" in str(x) else "."))
+    return "\n".join(["## Correlations", "", *lines, *dict.fromkeys(signs), ""]) if lines else ""
+
+
+def _evaluation_share(done: Sequence[Mapping], wall: float) -> str:
+    """The evaluation's share of the summed run wall time, when the runs recorded ``eval_time_s``."""
+    ev = [as_number(r.get("eval_time_s")) for r in done]
+    if not ev or any(x is None for x in ev) or wall <= 0:
+        return ""
+    total = sum(ev)
+    return f"; the runs' evaluation (FID/KID, floor and ceiling) took {fmt_duration(total)} of it ({100 * total / wall:.0f} %)"
+
+
+def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = None) -> Path:
+    """results.csv, results.md (report.md when ``out`` is outside the runs) and plots/ for a suite's runs."""
+    suite, jobs = plan(name, overrides)
+    sweep_dir = runs_root(suite) / suite["name"]
+    out = Path(out) if out is not None else sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    rows = collect(suite, jobs)
+    axes = columns_of([j.point.values for j in jobs], [])
+    write_csv(rows, out / "results.csv", list(FIXED_COLUMNS) + axes)
+    report = to_dict(suite["report"]) or {}
+    metrics = list(report.get("metrics") or DEFAULT_METRICS)
+
+    plots = make_plots(rows, jobs, report.get("plots") or [], out / "plots")
+    done = [r for r in rows if r.get("status") == "done"]
+    wall = sum(as_number(r.get("wall_time_s")) or 0.0 for r in done)
+    manifest = {}
+    if (sweep_dir / "sweep.json").is_file():
+        manifest = json.loads((sweep_dir / "sweep.json").read_text())
+
+    header = header_comment(name)
+    md = [f"# {suite['name']}", ""]
+    if header:
+        md += ["> " + line for line in header] + [""]
+    md += [
+        f"Command: `{manifest.get('command') or ' '.join(['python -m lab run', suite['name'], *overrides])}`",
+        f"(`make experiment NAME={suite['name']}`{' ' + ' '.join(overrides) if overrides else ''}). Preset `{suite['preset']}`.",
+        "",
+        f"Runs: {len(done)} of {len(rows)} finished; summed run wall time {fmt_duration(wall)} "
+        f"(the tokenizers trained for them are not included){_evaluation_share(done, wall)}"
+        + (f"; the sweep command's wall time, tokenizers included: {fmt_duration(sum(i['wall_s'] for i in manifest['invocations']))}"
+           f" over {len(manifest['invocations'])} invocation(s){_overlap(manifest['invocations'])}" if manifest.get("invocations") else "")
+        + f"; machine: {_machines(manifest)}.",
+        "",
+        *_fid_reference(done),
+        "Mean ± sample sd over seeds (`seeds`: the finished runs of each case; a cell says `(n seeds)` where fewer "
+        "of them have the metric, and `(1 seed)` where there is no sd):",
+        "",
+        markdown_table(rows, axes, metrics),
+        "",
+    ]
+    for section in (verdicts_section(suite, rows, axes), floor_ceiling_table(rows, axes),
+                    correlations_section(rows, report.get("plots") or [], _head_name(suite))):
+        if section:
+            md += [section.rstrip("\n"), ""]
+    for p in plots:
+        md += [f"![{p.stem}](plots/{p.name})", ""]
+    md += ["Every run: `results.csv` (one row per run, every final metric). Rebuild this report with "
+           f"`python -m lab report {suite['name']}`.", ""]
+    (out / ("results.md" if out == sweep_dir else "report.md")).write_text("\n".join(md))
+    print(f"[sweep {suite['name']}] results: {out / 'results.csv'}, {out / ('results.md' if out == sweep_dir else 'report.md')}, {len(plots)} plots")
+    return out
+
+
+def _head_name(suite: DictConfig) -> str | None:
+    """The head of a generator suite's runs (the loss kind of its validation loss); None for a tokenizer suite."""
+    if str(suite.get("stage")) != "generator" or not suite.get("head"):
+        return None
+    return str(suite["head"].get("name") or "") or None
+
+
+def _fid_reference(done: Sequence[Mapping]) -> list[str]:
+    refs = list(dict.fromkeys(str(r["fid_reference"]) for r in done if r.get("fid_reference") not in (None, "")))
+    return [f"FID/KID reference: {'; '.join(refs)}.", ""] if refs else []
+
+
+def _overlap(invocations: list[dict]) -> str:
+    """When invocations ran at the same time (sharing the grid), the elapsed time from the first start to the last end."""
+    spans = [(datetime.fromisoformat(i["started"]).timestamp(), i["wall_s"]) for i in invocations if "started" in i]
+    if len(spans) < 2:
+        return ""
+    elapsed = max(t + w for t, w in spans) - min(t for t, _ in spans)
+    total = sum(w for _, w in spans)
+    return f" (some ran side by side: {fmt_duration(elapsed)} from the first start to the last end)" if elapsed < total - 1 else ""
+
+
+def _machines(manifest: dict) -> str:
+    """The machines the sweep's invocations recorded (a report may be rebuilt elsewhere), else this one."""
+    invocations = manifest.get("invocations", [])
+    seen = list(dict.fromkeys(i["machine"] for i in invocations if "machine" in i))
+    if not seen:
+        return machine(threads=False) + " (where this report was built: the runs did not record theirs)"
+    missing = sum("machine" not in i for i in invocations)
+    return "; ".join(seen) + (f" ({missing} earlier invocation(s) did not record theirs)" if missing else "")
+
+
+def machine(threads: bool = True) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    if torch.cuda.is_available():
+        gpu = f", {torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    n = f", {torch.get_num_threads()} torch thread(s)" if threads else ""
+    return (f"{os.cpu_count()} CPU cores ({cpu}){gpu}{n}, torch {torch.__version__}, "
+            f"Python {sys.version.split()[0]}")
+
+
+def check_report(name: str, overrides: Any = (), out: str | Path | None = None, force: bool = False) -> None:
+    """Before ``python -m lab report``: the suite has runs (a suite that never ran is an error, not an empty
+    table), and a report in ``out`` with more finished runs than this one would have is not replaced by it
+    unless ``force`` (a published table is never overwritten by less)."""
+    suite, jobs = plan(name, list(overrides))
+    sweep_dir = runs_root(suite) / suite["name"]
+    command = " ".join(["python -m lab run", suite["name"], *overrides])
+    if not any(j.run_dir.exists() for j in jobs):
+        raise ConfigError(
+            f"Nothing to report for {suite['name']}: none of its {len(jobs)} runs exists under {sweep_dir} (with "
+            f"overrides {list(overrides) or 'none'}). Run the suite first (`{command}`), or pass the overrides "
+            "it ran with (e.g. preset=smoke)."
+        )
+    check_not_stale(jobs)
+    if out is None or force:
+        return
+    old_csv = Path(out) / "results.csv"
+    if not old_csv.is_file():
+        return
+    with open(old_csv, newline="") as fh:
+        old_done = sum(row.get("status") == "done" for row in csv.DictReader(fh))
+    new_done = sum((j.run_dir / "metrics.json").is_file() for j in jobs)
+    if new_done < old_done:
+        raise ConfigError(
+            f"Refusing to overwrite the report in {out}: it has {old_done} finished runs, and the runs under "
+            f"{sweep_dir} give only {new_done} of {len(jobs)}. A published result is never replaced by less; rerun "
+            f"or finish the suite (`{command}`), or pass --force to replace it anyway."
+        )
