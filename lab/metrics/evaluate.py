@@ -17,6 +17,8 @@ from torch import Tensor
 
 from lab.metrics.measures import LPIPS, bit_entropy, codebook_stats, psnr, ssim
 from lab.models.tokenizer import Tokenizer
+from lab.metrics import fid_protocol as P
+from lab.quantizers.codes import unpack_bits
 
 
 def bicubic_baseline(x: Tensor, size: int) -> Tensor:
@@ -39,8 +41,6 @@ def evaluate_tokenizer(
     """The tokenizer's metrics.json entries. ``protocol``: the config's ``eval:`` node (the reference limit and the
     KID settings, ``lab.metrics.fid_protocol.options``). The reference of rFID is the whole split of ``val_loader``
     (its ``dataset.images``), limited to ``eval.fid_reference_limit`` images."""
-    from lab.metrics import fid_protocol as P
-
     t_eval = time.time()
     tokenizer.eval().to(device)
     lpips = lpips.to(device)
@@ -104,8 +104,6 @@ def evaluate_tokenizer(
 def _rfid(recon_feats: Tensor, real: Tensor, val_loader: Any, protocol: Mapping | None, device: Any) -> dict:
     """rFID / rKID of the reconstructions and their floor (the originals: what a perfect tokenizer scores), both
     against the reference of the evaluated split."""
-    from lab.metrics import fid_protocol as P
-
     opts = P.options(protocol)
     kid_kw = {"kid_subsets": opts["kid_subsets"], "kid_subset_size": opts["kid_subset_size"]}
     split = getattr(val_loader, "dataset", None)
@@ -139,8 +137,6 @@ def label_noise_sensitivity(msq: Any, f: Tensor, sigmas: Iterable[float], seed: 
     continuous encoder features, re-quantize, and count over every token of every scale the fraction of
     index labels that change against the fraction of bits that flip (for VQ: the bits of the index's binary
     expansion). -> {sigma: {"index_change": .., "bit_flip": ..}}."""
-    from lab.quantizers.codes import unpack_bits
-
     def as_bits(c: Tensor) -> Tensor:
         return unpack_bits(c, msq.bits) if msq.code_kind == "index" else c
 

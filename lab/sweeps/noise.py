@@ -28,6 +28,11 @@ import torch
 
 from lab.metrics import fid_protocol as P
 from lab.core.registry import ConfigError
+from lab.data.datasets import ImageDataModule
+from lab.generation.sampling import sample_images
+from lab.models.text import encode_text
+from lab.runtime.machine import cpu_model
+from lab.stages.generator import load_generator, sample_opts
 
 COLUMNS = ["set", "n", "resamples", "pool", "fid_mean", "fid_sd", "kid_mean", "kid_sd", "kid_subset_sd", "seconds"]
 IMAGES_PER_S = 6.5  # Inception on 2 Zen 4 cores (fp32 TorchScript): the estimate printed before any work
@@ -63,9 +68,6 @@ def resample_scores(feats: P.FeatureSet, ref: P.FeatureSet, sizes: list[int], re
 def generate(run_dir: Path, dm: Any, n: int, device: Any = "cpu") -> torch.Tensor:
     """``n`` images (uint8) from a generator run, conditioned on the first ``n`` validation images' labels or
     captions, batch by batch with the seeds its gFID uses."""
-    from lab.stages.generator import load_generator, sample_opts
-    from lab.generation.sampling import sample_images
-
     module, cfg = load_generator(run_dir)
     module.to(device)
     model, out, seen = module.model, [], 0
@@ -77,8 +79,6 @@ def generate(run_dir: Path, dm: Any, n: int, device: Any = "cpu") -> torch.Tenso
         if model.cond_kind == "class":
             cond["labels"] = batch["label"][:take].to(device)
         elif model.cond_kind == "text":
-            from lab.models.text import encode_text
-
             cond["text"] = tuple(t.to(device) for t in encode_text(list(batch["caption"][:take])))
         imgs = sample_images(model, module.head, module.tokenizer, batch_size=take, opts=sample_opts(cfg, seed=i), **cond)
         out.append(P.to_uint8(imgs).cpu())
@@ -91,8 +91,6 @@ def _sd(t: torch.Tensor) -> float:
 
 
 def _cpu_model() -> str:
-    from lab.runtime.machine import cpu_model
-
     return cpu_model()
 
 
@@ -110,8 +108,6 @@ def _uncached_prefix(split: torch.Tensor, n: int) -> int:
 
 
 def run_study(args: argparse.Namespace) -> Path | None:
-    from lab.data.datasets import ImageDataModule
-
     run_dirs = [Path(r) for r in args.run or []]
     for r in run_dirs:
         if not r.exists():

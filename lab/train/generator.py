@@ -23,6 +23,7 @@ from lab.core.registry import build, upgrade_renamed
 from lab.generation.sampling import SampleOptions, sample_images, scale_token_latents
 from lab.models.tokenizer import Tokenizer
 from lab.models.transformer import Transformer
+from lab.models.text import encode_text
 
 
 def flatten_scales(per_scale: list[Tensor]) -> Tensor:
@@ -74,7 +75,6 @@ class GeneratorModule(CheckpointedRNG, pl.LightningModule):
             s, m = self.text[split]
             idx = batch["index"].cpu()
             return s[idx].to(self.device), m[idx].to(self.device)
-        from lab.models.text import encode_text
 
         s, m = encode_text(batch["caption"])
         return s.to(self.device), m.to(self.device)
