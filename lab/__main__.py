@@ -23,18 +23,32 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     cfg = load_experiment(args.name, args.overrides)
     if cfg.get("sweep"):
-        from lab.sweeps.sweep import run_sweep
+        from lab.sweeps.shards import parse_shard
+        from lab.sweeps.sweep import incomplete, run_sweep
 
-        run_sweep(args.name, args.overrides)
-        from lab.sweeps.sweep import incomplete
+        from lab.sweeps.records import results_dir
 
-        missing = incomplete(args.name, args.overrides)
+        shard = parse_shard(args.shard)
+        publish = args.publish if args.publish is not None else cfg.get("publish")
+        if publish is True or publish == "":  # --publish alone, or `publish: true`: the suite's results folder
+            publish = str(results_dir(str(cfg["name"])))
+        publish = str(publish) if publish else None
+        run_sweep(args.name, args.overrides, publish=publish, shard=shard, force=args.force)
+        missing = incomplete(args.name, args.overrides, publish=publish, shard=shard)
         if missing:
             _fail(f"the sweep ended with {len(missing)} run(s) not finished: {', '.join(missing[:10])}"
                   f"{' ...' if len(missing) > 10 else ''}. The others are in its results; rerun the same command to "
                   "retry the missing ones (a failed.json marks a run that failed: delete it to retry).", 1)
     else:
+        if args.publish or args.shard:
+            _fail(f"--publish and --shard are for suites (an experiment with a `sweep:`); {args.name} is one run.")
         run_experiment(cfg)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from lab.cli.status import status
+
+    status(args.name, args.overrides, publish=args.publish)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -79,7 +93,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--verbose", action="store_true",
                    help="show every warning, Lightning tip and log line (default: known-harmless ones hidden; "
                         "or set BITLAB_VERBOSE=1)")
+    p.add_argument("--publish", nargs="?", const="", default=None, metavar="DIR",
+                   help="a suite: publish each finished run's record (config, metrics, images; no checkpoints) "
+                        "into DIR (default results/<suite>) as it finishes, and the report at the end")
+    p.add_argument("--shard", default=None, metavar="I/K",
+                   help="a suite: run only the I-th of K disjoint slices of its runs (balanced by estimated cost); "
+                        "slurm: I and K from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT")
+    p.add_argument("--force", action="store_true", help="with --publish: replace a different published record")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("status", help="where a suite stands: runs finished (local and published), time per run, "
+                                      "time left, the command that continues it")
+    p.add_argument("name", help="the suite's experiment path, e.g. ablations/order")
+    p.add_argument("overrides", nargs="*", help="the key=value overrides the suite runs with (e.g. preset=smoke)")
+    p.add_argument("--publish", default=None, metavar="DIR", help="the published records' folder (default results/<suite>)")
+    p.set_defaults(func=cmd_status)
     p = sub.add_parser("report", help="rebuild a sweep's results.csv, table and plots from its runs (no training)")
     p.add_argument("name", help="the sweep's experiment path, e.g. ablations/order")
     p.add_argument("overrides", nargs="*", help="the same key=value overrides the sweep ran with (e.g. preset=smoke)")
@@ -99,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     cli_bench.register(sub)
     cli_noise.register(sub)
     args, extra = parser.parse_known_args(argv)
+    if getattr(args, "publish", None) and "=" in args.publish:  # `--publish key=value`: an override, not a folder
+        extra, args.publish = [args.publish, *extra], ""
     if args.command == "run" and all("=" in a and not a.startswith("-") for a in extra):
         args.overrides += extra  # overrides after an option: run NAME --dry-run a=1 b=2
     elif extra:

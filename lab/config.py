@@ -224,7 +224,7 @@ def _check_eval(ev: Mapping[str, Any]) -> None:
 
 
 def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | None = None,
-                    layer_source: str = "the sweep") -> DictConfig:
+                    layer_source: str = "the sweep", validate: bool = True) -> DictConfig:
     """Resolved, validated, read-only-structure config for experiment ``name`` (path under experiments/).
 
     ``layer`` (nested dict, e.g. one grid point of a sweep) is merged after the preset and before the command
@@ -254,7 +254,7 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
     cfg["name"] = name
     if cfg.get("stage") not in STAGES:
         raise ConfigError(f"Unknown stage '{cfg.get('stage')}'.{suggest(str(cfg.get('stage')), list(STAGES))}")
-    for node, check in _validators().items():
+    for node, check in (_validators() if validate else {}).items():  # (validate=False: `lab status`, no torch)
         if cfg.get(node) is not None:
             check(cfg[node])
     user = {"the experiment file": exp, layer_source: layer or {}, "the command line": cli}
@@ -265,10 +265,11 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
 
         check_seeds(cfg["seeds"], False)  # (the smoke preset's seeds: [0] serves sweeps and is ignored elsewhere)
     check_ranges(cfg)
-    _check_eval(cfg.get("eval") or {})
-    from lab.runtime.machine import resolve_layout
+    if validate:  # (these import torch)
+        _check_eval(cfg.get("eval") or {})
+        from lab.runtime.machine import resolve_layout
 
-    resolve_layout(cfg["trainer"], cfg["loader"])  # devices: auto / global_batch_size problems, before any run
+        resolve_layout(cfg["trainer"], cfg["loader"])  # devices: auto / global_batch_size problems, before any run
     conf = OmegaConf.create(cfg)
     OmegaConf.set_struct(conf, True)
     for node in OPEN_NODES:

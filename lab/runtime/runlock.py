@@ -30,7 +30,6 @@ from omegaconf import OmegaConf
 from lab.core.registry import ConfigError
 from lab.core.registry import save_config, to_dict, upgrade_renamed
 from lab.runtime.files import process_rank
-from lab.runtime.machine import resolve_run_settings
 
 _HELD: dict[Path, int] = {}  # lock file -> open descriptor holding its flock, in this process
 
@@ -113,7 +112,13 @@ def released_after() -> Iterator[None]:
 # Keys that may differ between a run and its resume without changing the result.
 # ("resolved" records the machine and why `auto` settings took their values: the values themselves are compared.)
 RESUME_IGNORED = ("resume", "run_id", "runs_dir", "resume_allow", "compile", "checkpoint_every_n_steps", "presets",
-                  "sweep", "seeds", "report", "loader.num_workers", "trainer.enable_progress_bar", "resolved")
+                  "sweep", "seeds", "report", "publish", "loader.num_workers", "trainer.enable_progress_bar", "resolved")
+
+
+# Keys added to base.yaml after runs were recorded, with the default they were added with: a recorded config
+# that lacks one ran with that default (the key did not exist yet), so it is no difference. A key whose default
+# changes behaviour for old runs must not be listed here.
+ADDED_KEYS: dict[str, Any] = {}
 
 
 def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -139,6 +144,8 @@ def config_differences(old: Mapping, new: Mapping, allow: tuple[str, ...] = ()) 
         if _ignored(key, allow):
             continue
         va, vb = a.get(key, "<unset>"), b.get(key, "<unset>")
+        if key in ADDED_KEYS and "<unset>" in (va, vb) and ADDED_KEYS[key] in (va, vb):
+            continue
         if va != vb and not (isinstance(va, (int, float)) and isinstance(vb, (int, float)) and float(va) == float(vb)):
             out.append(f"{key}: {va!r} -> {vb!r}")
     return out
@@ -223,6 +230,8 @@ def check_not_stale(jobs: list) -> None:
 
 def _plain(cfg: Any) -> dict:
     """The job's config as its run would record it: ``auto`` settings resolved (lab/runtime/machine.py) on a copy."""
+    from lab.runtime.machine import resolve_run_settings  # noqa: PLC0415 - imports torch; `lab status` does not need it
+
     resolved = copy.deepcopy(cfg)
     try:
         resolve_run_settings(resolved, verbose=False)

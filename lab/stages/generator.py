@@ -32,6 +32,7 @@ from lab.models.tokenizer import ARCH_VERSION, Tokenizer
 from lab.models.transformer import LADDER, Transformer
 from lab.quantizers import build_quantizer
 from lab.runtime.files import atomic_torch_save, exclusive, process_rank, runs_root
+from lab.runtime.published import install_published_tokenizer, published_tokenizer
 from lab.runtime.machine import metrics_record, resolve_precision, resolve_run_settings
 from lab.runtime.safety import load_checkpoint
 from lab.runtime.signals import Interruption
@@ -136,8 +137,13 @@ def resolve_tokenizer(cfg: DictConfig):
         return load_tokenizer(tdir), tdir
     # one process trains a cache entry; another that needs it meanwhile (a second sweep invocation) waits for it
     with exclusive(tdir.parent / ".training.lock", waiting=f"waiting for another process to finish training {tdir}"):
+        published = None if (tdir / "metrics.json").is_file() else published_tokenizer(tdir.parent.name)
         if (tdir / "metrics.json").is_file():
             print(f"reusing tokenizer {tdir} (trained meanwhile by another process)")
+        elif published is not None:  # a suite's published tokenizer (SHA-256 checked): the same weights everywhere
+            if process_rank() == 0:
+                install_published_tokenizer(published, tdir)
+            print(f"using the published tokenizer {published.parent} (SHA-256 verified) -> {tdir}")
         else:
             if (tdir / "checkpoints" / "last.ckpt").is_file():
                 tcfg["resume"] = True

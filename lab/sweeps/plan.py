@@ -109,10 +109,11 @@ class Job:
         return runs_root(self.cfg) / self.cfg["name"] / str(self.cfg["run_id"])
 
 
-def plan(name: str, overrides: Sequence[str] = ()) -> tuple[DictConfig, list[Job]]:
+def plan(name: str, overrides: Sequence[str] = (), validate: bool = True) -> tuple[DictConfig, list[Job]]:
     """The suite's own config and one fully validated config per (point, seed): bad keys, and a baseline that is
-    not in the grid, fail before training."""
-    suite = load_experiment(name, overrides)
+    not in the grid, fail before training. ``validate=False`` skips the component checks that import torch
+    (``lab status``: the grid and the run directories only)."""
+    suite = load_experiment(name, overrides, validate=validate)
     if not suite.get("sweep"):
         raise ConfigError(f"{name} has no `sweep:`; run it with `python -m lab run {name}`.")
     sweep = to_dict(suite["sweep"])
@@ -127,7 +128,8 @@ def plan(name: str, overrides: Sequence[str] = ()) -> tuple[DictConfig, list[Job
     for point in points:
         for seed in seeds:
             try:
-                cfg = load_experiment(name, overrides, layer=point.layer, layer_source=f"the sweep point {point.label}")
+                cfg = load_experiment(name, overrides, layer=point.layer, layer_source=f"the sweep point {point.label}",
+                                      validate=validate)
             except ConfigError as e:
                 raise ConfigError(f"sweep point {point.label}: {e}") from None
             with open_dict(cfg):

@@ -20,10 +20,13 @@ from lab.sweeps.plan import DEFAULT_METRICS, FAILED, FIXED_COLUMNS, Job, plan
 from lab.config import header_comment
 from lab.core.numfmt import as_number, fmt_duration
 from lab.core.stats import HIGHER, LOWER, NEUTRAL, bootstrap_correlation, direction, mean_std
-from lab.runtime.files import runs_root
+from lab.runtime.files import process_rank, runs_root
 from lab.runtime.runlock import check_not_stale
 from lab.sweeps.findings import LOSS_KINDS
+from lab.runtime.files import ROOT
 from lab.sweeps.plots import make_plots
+from lab.sweeps.records import (RecordError, check_records, find_record, hardware, hardware_kind, publish_jobs, read_metrics,
+                                results_dir)
 from lab.sweeps.verdicts import DEFAULT_VERDICT_METRICS, comparisons, markdown, parse_baseline
 
 
@@ -45,18 +48,34 @@ def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def collect(suite: DictConfig, jobs: Sequence[Job]) -> list[dict]:
+def collect(suite: DictConfig, jobs: Sequence[Job], results: Path | None = None) -> list[dict]:
+    """One row per run: from its local run directory when it has finished there, else from its published record
+    under ``results`` (``source`` says which, ``hardware`` what it ran on). A metrics.json that cannot be read is
+    a row of status ``malformed`` naming the file, never counted as finished."""
     rows = []
-
     sweep_dir = runs_root(suite) / suite["name"]
     for job in jobs:
         row: dict[str, Any] = {"suite": suite["name"], "point": job.point.label, "seed": job.seed,
                                "run_dir": str(job.run_dir.relative_to(sweep_dir))}
         row.update(job.point.values)
-        mpath = job.run_dir / "metrics.json"
-        if mpath.is_file():
-            row["status"] = "done"
-            row.update(flatten_metrics(json.loads(mpath.read_text())))
+        rec = find_record(results, job.point.label, job.seed)
+        source = job.run_dir if (job.run_dir / "metrics.json").is_file() else rec
+        if source is not None:
+            try:
+                metrics = read_metrics(source / "metrics.json")
+            except RecordError as e:
+                row.update(status="malformed", error=str(e))
+            else:
+                row["status"] = "done"
+                row["source"] = "local" if source == job.run_dir else "published"
+                if source != job.run_dir:
+                    row["run_dir"] = _relative(source)
+                row["hardware"] = hardware(metrics)
+                row.update(flatten_metrics(metrics))
+                value = row.get("gfid", row.get("rfid"))
+                if isinstance(value, float) and value != value:  # NaN: the point failed, not a seed dropped
+                    row.update(status="failed_nan", error=f"{source / 'metrics.json'} records a NaN "
+                               f"{'gfid' if 'gfid' in row else 'rfid'}")
         elif (job.run_dir / FAILED).is_file():
             info = json.loads((job.run_dir / FAILED).read_text())
             row["status"] = info.get("status", "failed")
@@ -65,6 +84,43 @@ def collect(suite: DictConfig, jobs: Sequence[Job]) -> list[dict]:
             row["status"] = "missing"
         rows.append(row)
     return rows
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def hardware_section(rows: Sequence[Mapping], axes: Sequence[str], baseline: Mapping | None) -> str:
+    """Where every run came from (local or published) and what it ran on; a contrast whose runs ran on different
+    hardware or precision is flagged, since seed pairs across machines are not the same experiment repeated."""
+    done = [r for r in rows if r.get("status") == "done"]
+    if not done:
+        return ""
+    kinds: dict[str, int] = {}
+    for r in done:
+        kinds[str(r.get("hardware"))] = kinds.get(str(r.get("hardware")), 0) + 1
+    src = {s: sum(r.get("source") == s for r in done) for s in ("local", "published")}
+    lines = ["## Where the runs ran", "",
+             f"{src['local']} run(s) from this machine's runs/, {src['published']} from published records "
+             "(`results.csv` has each run's `source` and `hardware`):", ""]
+    lines += [f"- {k}: {n} run(s)" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])]
+    if len(kinds) > 1 and baseline:
+        base = [r for r in done if all(str(r.get(a, "")) == str(v) for a, v in baseline.items())]
+        flagged = []
+        for point, group in group_rows(done).items():
+            if group and group[0] in base:
+                continue
+            mixed = {hardware_kind(r) for r in list(group) + base}
+            if len(mixed) > 1:
+                flagged.append(point)
+        if flagged:
+            lines += ["", f"**Mixed hardware**: the contrasts of {', '.join(flagged)} against the baseline pair runs "
+                      "made on different hardware or precision; read their verdicts with that in mind, or rerun "
+                      "them on one kind of machine."]
+    return "\n".join(lines) + "\n"
 
 
 def columns_of(rows: Sequence[Mapping], first: Sequence[str]) -> list[str]:
@@ -211,13 +267,20 @@ def _evaluation_share(done: Sequence[Mapping], wall: float) -> str:
     return f"; the runs' evaluation (FID/KID, floor and ceiling) took {fmt_duration(total)} of it ({100 * total / wall:.0f} %)"
 
 
-def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = None) -> Path:
-    """results.csv, results.md (report.md when ``out`` is outside the runs) and plots/ for a suite's runs."""
+def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = None,
+                 results: Path | None = None) -> Path:
+    """results.csv, results.md (report.md when ``out`` is outside the runs) and plots/ for a suite's runs, local and
+    published (``results``: the records' folder; default ``out`` when it is outside the runs, else the suite's
+    results folder). Finished local runs are published into ``out`` when it is a results folder."""
     suite, jobs = plan(name, overrides)
     sweep_dir = runs_root(suite) / suite["name"]
     out = Path(out) if out is not None else sweep_dir
+    if results is None:
+        results = out if out != sweep_dir else results_dir(suite["name"])
     out.mkdir(parents=True, exist_ok=True)
-    rows = collect(suite, jobs)
+    if out != sweep_dir and process_rank() == 0:
+        publish_jobs(jobs, out)
+    rows = collect(suite, jobs, results)
     axes = columns_of([j.point.values for j in jobs], [])
     write_csv(rows, out / "results.csv", list(FIXED_COLUMNS) + axes)
     report = to_dict(suite["report"]) or {}
@@ -251,7 +314,8 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
         markdown_table(rows, axes, metrics),
         "",
     ]
-    for section in (verdicts_section(suite, rows, axes), floor_ceiling_table(rows, axes),
+    base_sel = parse_baseline(report.get("baseline"), [{a: r.get(a, "") for a in axes} for r in rows])
+    for section in (verdicts_section(suite, rows, axes), hardware_section(rows, axes, base_sel), floor_ceiling_table(rows, axes),
                     correlations_section(rows, report.get("plots") or [], _head_name(suite))):
         if section:
             md += [section.rstrip("\n"), ""]
@@ -315,14 +379,17 @@ def machine(threads: bool = True) -> str:
             f"Python {sys.version.split()[0]}")
 
 
-def check_report(name: str, overrides: Any = (), out: str | Path | None = None, force: bool = False) -> None:
+def check_report(name: str, overrides: Any = (), out: str | Path | None = None, force: bool = False,
+                 results: str | Path | None = None) -> None:
     """Before ``python -m lab report``: the suite has runs (a suite that never ran is an error, not an empty
     table), and a report in ``out`` with more finished runs than this one would have is not replaced by it
     unless ``force`` (a published table is never overwritten by less)."""
     suite, jobs = plan(name, list(overrides))
     sweep_dir = runs_root(suite) / suite["name"]
     command = " ".join(["python -m lab run", suite["name"], *overrides])
-    if not any(j.run_dir.exists() for j in jobs):
+    results = Path(results) if results is not None else (Path(out) if out is not None else results_dir(suite["name"]))
+    recorded = check_records(jobs, results)
+    if not any(j.run_dir.exists() for j in jobs) and not recorded:
         raise ConfigError(
             f"Nothing to report for {suite['name']}: none of its {len(jobs)} runs exists under {sweep_dir} (with "
             f"overrides {list(overrides) or 'none'}). Run the suite first (`{command}`), or pass the overrides "
@@ -336,7 +403,7 @@ def check_report(name: str, overrides: Any = (), out: str | Path | None = None, 
         return
     with open(old_csv, newline="") as fh:
         old_done = sum(row.get("status") == "done" for row in csv.DictReader(fh))
-    new_done = sum((j.run_dir / "metrics.json").is_file() for j in jobs)
+    new_done = sum((j.run_dir / "metrics.json").is_file() or i in recorded for i, j in enumerate(jobs))
     if new_done < old_done:
         raise ConfigError(
             f"Refusing to overwrite the report in {out}: it has {old_done} finished runs, and the runs under "

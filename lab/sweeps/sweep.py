@@ -40,15 +40,25 @@ from lab.runtime.runlock import check_not_stale, holder, lock_path, try_lock, un
 from lab.stages import run as stage_run  # run_experiment looked up per call: tests and tools may wrap it
 from lab.sweeps.plan import (CASES, DEFAULT_METRICS, FAILED, FIXED_COLUMNS, Job, Point, expand, plan,  # noqa: F401
                              set_dotted)  # (re-exported: the plan's names, as before the split)
-from lab.sweeps.report import machine, write_report
+from lab.core.registry import ConfigError
+from lab.sweeps.records import check_records, publish_run, publish_tokenizer_of, results_dir
+from lab.sweeps.report import check_report, machine, write_report
+from lab.sweeps.shards import shard_jobs
 from lab.train.modules import NonFiniteLossError
 from lab.core.registry import to_dict
 
 
-def run_sweep(name: str, overrides: Sequence[str] = ()) -> Path:
-    """Train and evaluate every run of the suite that is not finished; then write the results. -> sweep dir."""
-    suite, jobs = plan(name, overrides)
-    check_not_stale(jobs)  # before anything is written: no earlier run of other settings passes for this sweep's
+def run_sweep(name: str, overrides: Sequence[str] = (), publish: str | Path | None = None,
+              shard: tuple[int, int] | None = None, force: bool = False) -> Path:
+    """Train and evaluate every run of the suite (of its ``shard``) that neither ``runs/`` nor the published records
+    hold; then write the results. ``publish``: a results folder that gets each run's record as the run finishes
+    (and the report at the end). -> sweep dir."""
+    suite, all_jobs = plan(name, overrides)
+    check_not_stale(all_jobs)  # before anything is written: no earlier run of other settings passes for this sweep's
+    results = Path(publish) if publish else results_dir(suite["name"])
+    published = check_records(all_jobs, results)  # a record of other settings: an error, before anything is written
+    recorded = {id(all_jobs[i]) for i in published}
+    jobs = shard_jobs(all_jobs, shard)
     sweep_dir = runs_root(suite) / suite["name"]
     sweep_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
@@ -60,13 +70,17 @@ def run_sweep(name: str, overrides: Sequence[str] = ()) -> Path:
     if (sweep_dir / "sweep.json").is_file():  # keep the record of earlier invocations
         manifest["invocations"] = json.loads((sweep_dir / "sweep.json").read_text()).get("invocations", [])
     (sweep_dir / "sweep.json").write_text(json.dumps(manifest, indent=2, default=str))
-    todo = [j for j in jobs if not (j.run_dir / "metrics.json").is_file() and not (j.run_dir / FAILED).is_file()]
+    todo = [j for j in jobs if not (j.run_dir / "metrics.json").is_file() and not (j.run_dir / FAILED).is_file()
+            and id(j) not in recorded]
     failed = [j for j in jobs if (j.run_dir / FAILED).is_file()]
     if failed:
         print(f"[sweep {suite['name']}] skipping {len(failed)} runs that failed before (delete their {FAILED} to retry): "
               + ", ".join(f"{j.point.label}/s{j.seed}" for j in failed))
-    print(f"[sweep {suite['name']}] {len(jobs)} runs ({len(expand(to_dict(suite['sweep'])))} points x "
-          f"{len(jobs) // max(1, len(expand(to_dict(suite['sweep']))))} seeds), {len(jobs) - len(todo)} already finished")
+    n_points = len(expand(to_dict(suite['sweep'])))
+    n_rec = sum(id(j) in recorded and not (j.run_dir / "metrics.json").is_file() for j in jobs)
+    print(f"[sweep {suite['name']}] {len(all_jobs)} runs ({n_points} points x {len(all_jobs) // max(1, n_points)} seeds)"
+          + (f", shard {shard[0]}/{shard[1]}: {len(jobs)} of them" if shard else "")
+          + f", {len(jobs) - len(todo)} already finished" + (f" ({n_rec} from the published records in {results})" if n_rec else ""))
     t_start, done_times = time.time(), []
     for i, job in enumerate(todo):
         cfg = job.cfg
@@ -104,17 +118,28 @@ def run_sweep(name: str, overrides: Sequence[str] = ()) -> Path:
                       f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
                 continue
             done_times.append(time.time() - t0)
+            if publish and process_rank() == 0:
+                rec = publish_run(job.run_dir, results, job.point.label, job.seed, force=force)
+                publish_tokenizer_of(job.run_dir, results)
+                print(f"[sweep {suite['name']}] published {rec}", flush=True)
         finally:
             unlock(job.run_dir)
-    n_done = sum((j.run_dir / "metrics.json").is_file() for j in jobs)
-    print(f"[sweep {suite['name']}] {n_done} of {len(jobs)} runs finished; this invocation took {fmt_duration(time.time() - t_start)}")
+    n_done = sum((j.run_dir / "metrics.json").is_file() or id(j) in recorded for j in jobs)
+    print(f"[sweep {suite['name']}] {n_done} of {len(jobs)} runs finished"
+          + (f" in shard {shard[0]}/{shard[1]}" if shard else "") + f"; this invocation took {fmt_duration(time.time() - t_start)}")
     manifest.setdefault("invocations", [])
     old = json.loads((sweep_dir / "sweep.json").read_text()).get("invocations", [])
     manifest["invocations"] = old + [{"started": datetime.fromtimestamp(t_start).isoformat(timespec="seconds"),
                                       "wall_s": round(time.time() - t_start, 1), "runs_trained": len(done_times),
                                       "machine": machine()}]
     (sweep_dir / "sweep.json").write_text(json.dumps(manifest, indent=2, default=str))
-    write_report(name, overrides, out=sweep_dir)
+    write_report(name, overrides, out=sweep_dir, results=results)
+    if publish and process_rank() == 0:
+        try:
+            check_report(name, overrides, out=results, force=force, results=results)
+            write_report(name, overrides, out=results, results=results)
+        except ConfigError as e:  # the records are published; the report in there is not replaced by less
+            print(f"[sweep {suite['name']}] the report in {results} is kept: {e}", flush=True)
     print(results_tables(sweep_dir / "results.md"))
     return sweep_dir
 
@@ -158,12 +183,17 @@ def record_failure(run_dir: Path, e: BaseException) -> None:
 
 
 
-def incomplete(name: str, overrides: Sequence[str] = ()) -> list[str]:
-    """The runs of a suite without a metrics.json, as ``point/s<seed> (status)``."""
-    _, jobs = plan(name, overrides)
+def incomplete(name: str, overrides: Sequence[str] = (), publish: str | Path | None = None,
+               shard: tuple[int, int] | None = None) -> list[str]:
+    """The runs of a suite (of its ``shard``) that neither a metrics.json nor a published record finishes, as
+    ``point/s<seed> (status)``."""
+    suite, all_jobs = plan(name, overrides)
+    results = Path(publish) if publish else results_dir(suite["name"])
+    published = check_records(all_jobs, results)
+    recorded = {id(all_jobs[i]) for i in published}
     out = []
-    for j in jobs:
-        if not (j.run_dir / "metrics.json").is_file():
+    for j in shard_jobs(all_jobs, shard):
+        if not (j.run_dir / "metrics.json").is_file() and id(j) not in recorded:
             status = "failed" if (j.run_dir / FAILED).is_file() else "missing"
             out.append(f"{j.point.label}/s{j.seed} ({status})")
     return out

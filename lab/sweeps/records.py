@@ -1,0 +1,264 @@
+"""Published run records: what a finished run of a suite leaves in ``results/<suite>/runs/<point>/s<seed>/`` so that
+the suite survives the machine it ran on.
+
+A record holds what the report and the findings read (``config.yaml``, ``metrics.json``, the run's small images),
+never a checkpoint. Records are written atomically (a temp directory renamed into place) and never replaced by a
+different record without ``force``. ``lab run`` counts a point as finished when its local run or its record holds
+it *with the same settings*: a record made with other settings is an error naming the key, never a silent reuse.
+
+Settings are compared as the user asked for them, not as a machine resolved them: ``trainer.precision: auto``
+becomes bf16-mixed on an AVX512-BF16 CPU and 32-true on an AVX2 one, and ``trainer.devices: auto`` one process per
+core; a record keeps both (``resolved:`` says what they became), and the report names the hardware of every run,
+flagging a contrast whose runs ran on different hardware.
+
+The generator suites' tokenizer travels too (``publish_tokenizer`` / ``published_tokenizer``): weights only, its
+config and metrics, and a SHA-256 that is checked before the weights are loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from lab.core.registry import ConfigError
+from lab.runtime.files import ROOT
+from lab.runtime.published import TOKENIZER_FILE, sha256_of
+from lab.runtime.runlock import config_differences
+
+RESULTS = ROOT / "results"  # the published results; $BITLAB_RESULTS overrides it (tests, a second checkout)
+# what a record copies from its run (the images only when small; checkpoints never)
+RECORD_FILES = ("config.yaml", "metrics.json")
+RECORD_IMAGES = ("samples.png", "reconstructions.png", "progressive.png")
+MAX_IMAGE_BYTES = 2_000_000
+
+
+def results_root() -> Path:
+    return Path(os.environ.get("BITLAB_RESULTS") or RESULTS)
+
+
+def results_dir(suite_name: str, root: Path | None = None) -> Path:
+    """Where a suite publishes: ``results/<last part of its name>`` (``ablations/order`` -> ``results/order``)."""
+    return Path(root or results_root()) / str(suite_name).rstrip("/").split("/")[-1]
+
+
+def record_dir(results: Path, point_label: str, seed: int) -> Path:
+    return Path(results) / "runs" / point_label / f"s{seed}"
+
+
+# ------------------------------------------------------------------------------------------------ reading
+class RecordError(ConfigError):
+    """A record (or a run's file) that is malformed: names the file and what is wrong."""
+
+
+def read_yaml(path: Path) -> dict:
+    """A config.yaml as plain data: malformed YAML, tags (``!!python/...``) or a non-mapping are a RecordError
+    naming the file (safe_load never builds objects)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecordError(f"{path} is not a plain YAML config ({first}); a run's config.yaml holds only plain "
+                          "values (no tags or objects). Restore it from the run that wrote it, or delete the run.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path} cannot be read ({e}).") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{path} does not hold a config mapping (found {type(data).__name__}).")
+    return data
+
+
+def read_metrics(path: Path) -> dict:
+    """A metrics.json as a mapping, or a RecordError naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RecordError(f"{path} is not a readable metrics.json ({type(e).__name__}: {str(e)[:120]}).") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{path} does not hold a metrics mapping (found {type(data).__name__}).")
+    return data
+
+
+def hardware(metrics: Mapping[str, Any]) -> str:
+    """The hardware and precision a run recorded, in a few words (``AMD EPYC ... · bf16-mixed · 2 process(es)``)."""
+    parts = [str(metrics.get("gpu") or metrics.get("cpu") or "unknown machine")]
+    if metrics.get("precision"):
+        parts.append(str(metrics["precision"]))
+    if metrics.get("devices") not in (None, ""):
+        parts.append(f"{metrics['devices']} process(es)")
+    return " · ".join(parts)
+
+
+def hardware_kind(metrics: Mapping[str, Any]) -> str:
+    """What must match for two runs to be paired without a flag: the machine model and the numerics."""
+    return f"{metrics.get('gpu') or metrics.get('cpu') or '?'} | {metrics.get('precision') or '?'}"
+
+
+# ------------------------------------------------------------------------------------------------ matching
+def requested(cfg: Mapping[str, Any]) -> dict:
+    """A run's config as the user asked for it: the ``auto`` settings a machine resolved (precision, process
+    count, per-process batch) put back to what was requested, and ``resolved:`` dropped. Two machines of
+    different kinds thus agree on the settings of the same point."""
+    d = json.loads(json.dumps(dict(cfg), default=str))
+    res = d.pop("resolved", None) or {}
+    trainer, loader = d.get("trainer") or {}, d.get("loader") or {}
+    if "precision_requested" in res:
+        trainer["precision"] = res["precision_requested"]
+    if "devices_requested" in res:
+        trainer["devices"] = res["devices_requested"]
+    if "devices" in trainer:
+        trainer["devices"] = str(trainer["devices"])
+    if loader.get("global_batch_size") not in (None, "None"):
+        loader.pop("batch_size", None)  # derived: global / processes
+    return d
+
+
+def record_differences(record_cfg: Mapping[str, Any], job_cfg: Mapping[str, Any]) -> list[str]:
+    """``key: record -> now`` for the settings where a record and a job differ (hardware resolutions aside)."""
+    a, b = requested(record_cfg), requested(job_cfg)
+    auto_devices = any("devices_requested" in (c.get("resolved") or {}) for c in (record_cfg, job_cfg))
+    for d in (a, b):
+        d.pop("name", None)  # the suite's path: a record may be read under another checkout's suite folder
+        if auto_devices:
+            d.get("trainer", {}).pop("strategy", None)  # chosen with the process count
+    return config_differences(a, b)
+
+
+def find_record(results: Path | None, point_label: str, seed: int) -> Path | None:
+    """The record directory of a point/seed when it holds a metrics.json, else None."""
+    if results is None:
+        return None
+    d = record_dir(results, point_label, seed)
+    return d if (d / "metrics.json").is_file() else None
+
+
+def check_records(jobs: list, results: Path | None) -> dict:
+    """{job index: record dir} for the jobs a published record finishes; a record made with other settings is a
+    ConfigError naming the record and the keys (before anything is trained or written)."""
+    out, stale = {}, []
+    for i, job in enumerate(jobs):
+        rec = find_record(results, job.point.label, job.seed)
+        if rec is None:
+            continue
+        diffs = record_differences(read_yaml(rec / "config.yaml"), _plain_cfg(job.cfg))
+        if diffs:
+            more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
+            stale.append(f"{rec} ({'; '.join(diffs[:4])}{more})")
+        else:
+            out[i] = rec
+    if stale:
+        raise ConfigError(
+            f"{len(stale)} published record(s) of this suite were made with other settings than its points have now: "
+            f"{'; '.join(stale[:3])}{'; ...' if len(stale) > 3 else ''}. They are never reused silently. Run with the "
+            "settings they were made with, or move the records aside (they belong to the settings they name).")
+    return out
+
+
+def _plain_cfg(cfg: Any) -> dict:
+    from lab.core.registry import to_dict
+
+    return to_dict(cfg) if not isinstance(cfg, dict) else cfg
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def _files_of(run_dir: Path) -> list[Path]:
+    files = [run_dir / f for f in RECORD_FILES]
+    files += [run_dir / f for f in RECORD_IMAGES if (run_dir / f).is_file() and (run_dir / f).stat().st_size <= MAX_IMAGE_BYTES]
+    return files
+
+
+def _same_record(a: Path, b: Path) -> bool:
+    """Two records are the same when their metrics and configs hold the same data (timing keys included)."""
+    try:
+        return (read_metrics(a / "metrics.json") == read_metrics(b / "metrics.json")
+                and read_yaml(a / "config.yaml") == read_yaml(b / "config.yaml"))
+    except RecordError:
+        return False
+
+
+def publish_run(run_dir: Path, results: Path, point_label: str, seed: int, force: bool = False) -> Path | None:
+    """Copy a finished run's record into ``results/.../runs/<point>/s<seed>/`` atomically. An existing record is
+    left alone when it is the same, and replaced by a different one only with ``force`` (ConfigError otherwise).
+    -> the record dir (None when the run has not finished)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").is_file():
+        return None
+    read_metrics(run_dir / "metrics.json")
+    read_yaml(run_dir / "config.yaml")
+    dest = record_dir(results, point_label, seed)
+    if (dest / "metrics.json").is_file():
+        if _same_record(dest, run_dir):
+            return dest
+        if not force:
+            raise ConfigError(
+                f"{dest} already holds a different record of {point_label} seed {seed} than {run_dir}: a published "
+                "record is never replaced silently. Pass --force to replace it (or publish to another folder).")
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for f in _files_of(run_dir):
+        shutil.copy2(f, tmp / f.name)
+    (tmp / "source.json").write_text(json.dumps({"run_dir": str(run_dir.resolve())}, indent=2))
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old{os.getpid()}")
+        dest.rename(old)
+        tmp.rename(dest)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(dest)
+    return dest
+
+
+def publish_jobs(jobs: list, results: Path, force: bool = False) -> int:
+    """Publish every finished local run of ``jobs``; -> how many records now hold a run of these jobs."""
+    n = 0
+    for job in jobs:
+        if publish_run(job.run_dir, results, job.point.label, job.seed, force=force):
+            n += 1
+            publish_tokenizer_of(job.run_dir, results)
+    return n
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+def publish_tokenizer_of(run_dir: Path, results: Path) -> Path | None:
+    """The cached tokenizer a generator run used (``tokenizer.txt``), published once per suite under
+    ``results/<suite>/tokenizer/<cache key>/``: its weights only (no optimizer state), config, metrics and the
+    weights' SHA-256. -> that folder (None for a run without a cached tokenizer)."""
+    ref = Path(run_dir) / "tokenizer.txt"
+    if not ref.is_file():
+        return None
+    tdir = Path(ref.read_text().strip())
+    key = tdir.parent.name
+    if tdir.parent.parent.name != "_tokenizers" or not (tdir / "metrics.json").is_file():
+        return None  # a tokenizer_from= the user gave: theirs to publish
+    dest = Path(results) / "tokenizer" / key
+    if (dest / "tokenizer.json").is_file():
+        return dest
+    ckpt = next((tdir / "checkpoints" / n for n in ("best.ckpt", "last.ckpt") if (tdir / "checkpoints" / n).is_file()), None)
+    if ckpt is None:
+        return None
+    import torch  # noqa: PLC0415 - only when a tokenizer is published
+
+    full = torch.load(ckpt, map_location="cpu", weights_only=True)
+    slim = {k: full[k] for k in ("state_dict", "hyper_parameters", "pytorch-lightning_version") if k in full}
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    torch.save(slim, tmp / TOKENIZER_FILE)
+    for f in ("config.yaml", "metrics.json"):
+        shutil.copy2(tdir / f, tmp / f)
+    for f in RECORD_IMAGES:
+        if (tdir / f).is_file() and (tdir / f).stat().st_size <= MAX_IMAGE_BYTES:
+            shutil.copy2(tdir / f, tmp / f)
+    (tmp / "tokenizer.json").write_text(json.dumps(
+        {"cache_key": key, "file": TOKENIZER_FILE, "sha256": sha256_of(tmp / TOKENIZER_FILE),
+         "bytes": (tmp / TOKENIZER_FILE).stat().st_size}, indent=2))
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest

@@ -1,0 +1,213 @@
+"""Published run records: a suite continues from them on another machine, a record of other settings is refused,
+shards split a suite into disjoint slices whose merged report equals one invocation's, and a suite's tokenizer
+travels with a verified hash."""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from lab.core.registry import ConfigError, save_config
+from lab.runtime.files import runs_root
+from lab.runtime.machine import resolve_run_settings
+from lab.runtime.published import published_tokenizer, sha256_of
+from lab.stages import run as run_mod
+from lab.sweeps.plan import plan
+from lab.sweeps.records import publish_run, read_yaml, record_differences, record_dir, requested
+from lab.sweeps.report import check_report, write_report
+from lab.sweeps.shards import parse_shard, shard_jobs
+from lab.sweeps.sweep import incomplete, run_sweep
+
+SUITE = ("stage: tokenizer\nsweep:\n  quantizer.bits: [8, 10, 12]\nseeds: [0, 1]\n"
+         "report:\n  baseline: {quantizer.bits: 8}\n  metrics: [psnr]\n  verdict_metrics: [psnr]\n")
+
+
+@pytest.fixture
+def fake_runs(monkeypatch):
+    """run_experiment replaced by one that writes a finished run (config.yaml, metrics.json) at once: the suite's
+    bookkeeping is what is tested here, not training. -> the list of run names it trained."""
+    trained: list[str] = []
+
+    def fake(cfg):
+        cfg = copy.deepcopy(cfg)
+        resolve_run_settings(cfg, verbose=False)  # as a run records its config
+        run_dir = runs_root(cfg) / cfg["name"] / str(cfg["run_id"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        bits = int(cfg["quantizer"]["bits"])
+        metrics = {"psnr": 20.0 + bits / 4 + 0.1 * int(cfg["seed"]), "wall_time_s": 1.0, "cpu": "Test CPU",
+                   "precision": "32-true"}
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        trained.append(f"{cfg['name'].split('/')[-1]}/s{cfg['seed']}")
+        return run_dir, metrics
+
+    monkeypatch.setattr(run_mod, "run_experiment", fake)
+    return trained
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_a_suite_continues_from_its_records_with_a_fresh_runs_folder(tmp_experiments, tmp_path, fake_runs):
+    (tmp_experiments / "rec.yaml").write_text(SUITE)
+    results = tmp_path / "results" / "rec"
+    first = [f"runs_dir={tmp_path / 'runs1'}"]
+    # half the suite on "machine 1": shard 1 of 2, published as each run finishes
+    run_sweep("rec", first, publish=results, shard=(1, 2))
+    assert len(fake_runs) == 3
+    assert len(list((results / "runs").glob("*/s*/metrics.json"))) == 3
+    # "machine 2": an empty runs folder; only the missing runs train
+    second = [f"runs_dir={tmp_path / 'runs2'}"]
+    fake_runs.clear()
+    run_sweep("rec", second, publish=results)
+    assert len(fake_runs) == 3 and incomplete("rec", second, publish=results) == []
+    rows = _rows(results / "results.csv")
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"done"}
+    assert sorted(r["source"] for r in rows) == ["local"] * 3 + ["published"] * 3
+    assert all(r["hardware"].startswith("Test CPU") for r in rows)
+    assert len({(r["point"], r["seed"]) for r in rows}) == 6  # every run once
+    # a third machine with nothing local: the report alone is made from the records
+    third = [f"runs_dir={tmp_path / 'runs3'}"]
+    check_report("rec", third, out=results)
+    write_report("rec", third, out=results)
+    assert len(_rows(results / "results.csv")) == 6
+    assert "6 of 6 finished" in (results / "report.md").read_text()
+
+
+def test_shards_are_disjoint_and_cover_the_suite(tmp_experiments, tmp_path, fake_runs):
+    (tmp_experiments / "rec.yaml").write_text(SUITE)
+    results = tmp_path / "results" / "rec"
+    args = [f"runs_dir={tmp_path / 'runs'}"]
+    _, jobs = plan("rec", args)
+    slices = [shard_jobs(jobs, (i, 3)) for i in (1, 2, 3)]
+    labels = [f"{j.point.label}/s{j.seed}" for s in slices for j in s]
+    assert sorted(labels) == sorted(f"{j.point.label}/s{j.seed}" for j in jobs) and len(set(labels)) == 6
+    assert [len(s) for s in slices] == [2, 2, 2]  # equal costs: balanced
+    assert shard_jobs(plan("rec", args)[1], (2, 3))[0].point.label == slices[1][0].point.label  # deterministic
+    for i in (1, 2, 3):  # three "machines", each its own runs folder, one results folder
+        run_sweep("rec", [f"runs_dir={tmp_path / f'm{i}'}"], publish=results, shard=(i, 3))
+    assert sorted(fake_runs) == sorted(labels)  # every run exactly once
+    merged = _rows(results / "results.csv")
+    one = tmp_path / "one"
+    write_report("rec", [f"runs_dir={tmp_path / 'm1'}"], out=one, results=results)
+    strip = lambda rows: sorted((r["point"], r["seed"], r["psnr"]) for r in rows)  # noqa: E731
+    assert strip(merged) == strip(_rows(one / "results.csv"))
+
+
+@pytest.mark.parametrize("spec, env, message", [
+    ("4/3", {}, "between 1 and K"), ("0/0", {}, "between 1 and K"), ("a/b", {}, "I/K"), ("2", {}, "I/K"),
+    ("slurm", {}, "SLURM_ARRAY_TASK_ID"), ("slurm", {"SLURM_ARRAY_TASK_ID": "1"}, "SLURM_ARRAY_TASK_COUNT"),
+])
+def test_bad_shards_are_clear_errors(spec, env, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_shard(spec, env)
+
+
+def test_slurm_shards_come_from_the_array_variables():
+    assert parse_shard("slurm", {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "4"}) == (1, 4)
+    assert parse_shard("slurm", {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "3",
+                                 "SLURM_ARRAY_TASK_MAX": "6"}) == (3, 4)
+    assert parse_shard("2/5") == (2, 5) and parse_shard(None) is None
+
+
+def test_a_record_of_other_settings_is_refused_naming_the_key(tmp_experiments, tmp_path, fake_runs):
+    (tmp_experiments / "rec.yaml").write_text(SUITE)
+    results = tmp_path / "results" / "rec"
+    run_sweep("rec", [f"runs_dir={tmp_path / 'a'}"], publish=results, shard=(1, 3))
+    fake_runs.clear()
+    with pytest.raises(ConfigError, match=r"published record.*trainer\.max_steps"):
+        run_sweep("rec", [f"runs_dir={tmp_path / 'b'}", "trainer.max_steps=7"], publish=results)
+    assert fake_runs == [] and not (tmp_path / "b").exists()
+
+
+def test_a_malformed_record_is_named_and_not_counted(tmp_experiments, tmp_path, fake_runs):
+    (tmp_experiments / "rec.yaml").write_text(SUITE)
+    results = tmp_path / "results" / "rec"
+    args = [f"runs_dir={tmp_path / 'a'}"]
+    run_sweep("rec", args, publish=results, shard=(1, 3))
+    bad = next((results / "runs").glob("*/s*/metrics.json"))
+    bad.write_text('{"psnr": 2')  # truncated
+    write_report("rec", [f"runs_dir={tmp_path / 'elsewhere'}"], out=tmp_path / "rep", results=results)
+    rows = _rows(tmp_path / "rep" / "results.csv")
+    broken = [r for r in rows if r["status"] == "malformed"]
+    assert len(broken) == 1 and str(bad) in broken[0]["error"]
+    assert sum(r["status"] == "done" for r in rows) == 1
+
+
+def test_records_are_compared_as_requested_not_as_resolved():
+    """A record from a bf16 machine matches a point whose precision is `auto` on any machine; a real change
+    does not."""
+    job = {"trainer": {"precision": "auto", "devices": "auto", "max_steps": 5}, "loader": {"global_batch_size": 32,
+           "batch_size": 64}, "resolved": {}}
+    rec = {"trainer": {"precision": "bf16-mixed", "devices": 2, "strategy": "ddp", "max_steps": 5},
+           "loader": {"global_batch_size": 32, "batch_size": 16},
+           "resolved": {"precision_requested": "auto", "devices_requested": "auto", "cpu": "X"}}
+    assert record_differences(rec, job) == []
+    assert requested(rec)["trainer"]["precision"] == "auto"
+    job["trainer"]["max_steps"] = 6
+    assert record_differences(rec, job) == ["trainer.max_steps: 5 -> 6"]
+
+
+def test_a_published_record_is_never_replaced_silently(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "metrics.json").write_text('{"psnr": 1.0}')
+    results = tmp_path / "results"
+    dest = publish_run(run, results, "p", 0)
+    assert dest == record_dir(results, "p", 0) and read_yaml(dest / "config.yaml") == {"seed": 0}
+    assert publish_run(run, results, "p", 0) == dest  # the same record: nothing to do
+    (run / "metrics.json").write_text('{"psnr": 2.0}')
+    with pytest.raises(ConfigError, match="never replaced"):
+        publish_run(run, results, "p", 0)
+    publish_run(run, results, "p", 0, force=True)
+    assert json.loads((dest / "metrics.json").read_text()) == {"psnr": 2.0}
+    assert not list(results.rglob(".*tmp*"))  # no temp directory left behind
+
+
+def test_a_config_with_tags_is_a_clear_error_naming_the_file(tmp_path):
+    p = tmp_path / "config.yaml"
+    p.write_text("a: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError, match=str(p)):
+        read_yaml(p)
+
+
+def test_a_truncated_published_tokenizer_is_refused(tmp_path):
+    d = tmp_path / "suite" / "tokenizer" / "abc123"
+    d.mkdir(parents=True)
+    (d / "tokenizer.ckpt").write_bytes(b"0123456789")
+    (d / "tokenizer.json").write_text(json.dumps({"file": "tokenizer.ckpt", "sha256": sha256_of(d / "tokenizer.ckpt")}))
+    assert published_tokenizer("abc123", [tmp_path]) == d / "tokenizer.ckpt"
+    assert published_tokenizer("other", [tmp_path]) is None
+    (d / "tokenizer.ckpt").write_bytes(b"01234")
+    with pytest.raises(ConfigError, match="SHA-256"):
+        published_tokenizer("abc123", [tmp_path])
+
+
+@pytest.mark.slow
+def test_a_generator_suite_uses_its_published_tokenizer_on_a_new_machine(tmp_experiments, tmp_path, monkeypatch):
+    """Seed 0 on machine 1 (publishing), seed 1 on machine 2 with empty runs/: the tokenizer is not retrained but
+    installed from the record, with the same weights; a truncated one is refused before anything trains."""
+    (tmp_experiments / "gen.yaml").write_text(
+        "stage: generator\ngenerator: {size: xs, cond: class}\nsweep:\n  head.name: [bitwise]\nseeds: [0, 1]\n")
+    results = tmp_path / "results" / "gen"
+    monkeypatch.setenv("BITLAB_RESULTS", str(tmp_path / "results"))
+    run_sweep("gen", ["preset=smoke", "seeds=[0,1]", f"runs_dir={tmp_path / 'm1'}"], publish=results, shard=(1, 2))
+    (pub,) = list((results / "tokenizer").iterdir())
+    info = json.loads((pub / "tokenizer.json").read_text())
+    assert sha256_of(pub / info["file"]) == info["sha256"]
+    run_sweep("gen", ["preset=smoke", "seeds=[0,1]", f"runs_dir={tmp_path / 'm2'}"], publish=results)
+    (installed,) = list((tmp_path / "m2" / "_tokenizers").glob("*/run"))
+    assert (installed / "published_from.txt").read_text().strip() == str(pub)
+    assert sha256_of(installed / "checkpoints" / "best.ckpt") == info["sha256"]
+    assert len(list((results / "runs").glob("*/s*/metrics.json"))) == 2
+    data = (pub / info["file"]).read_bytes()
+    (pub / info["file"]).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match="SHA-256"):
+        run_sweep("gen", ["preset=smoke", "seeds=[0,1,2]", f"runs_dir={tmp_path / 'm3'}"], publish=results)
+    assert not list((tmp_path / "m3").rglob("metrics.json"))
