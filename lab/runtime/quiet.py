@@ -9,10 +9,16 @@ import logging
 import os
 import re
 import sys
+import time
 import warnings
 from typing import Any
 
 from pytorch_lightning.callbacks import TQDMProgressBar
+
+from lab.core.numfmt import fmt_duration
+from lab.runtime.progress import bar_width, interactive
+
+LINE_EVERY_S = 30.0  # a training line this often when the output is a file or a pipe
 
 # Python warnings that say nothing about this project's runs.
 HARMLESS_WARNINGS = (
@@ -35,6 +41,8 @@ CHATTER = (
     r"`Trainer\(limit_\w+_batches=\d+\)` was configured",  # the smoke preset's own setting
     r"`Trainer.fit` stopped: `max_steps=\d+` reached",  # the normal end of every run
     r"LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES",
+    r"Initializing distributed: GLOBAL_RANK",         # the DDP banner: the layout line already says how many processes
+    r"-+\s*distributed_backend=",
 )
 _LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
             "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
@@ -66,6 +74,13 @@ def install() -> None:
             log.addFilter(_FILTER)
 
 
+def _short(v: Any) -> str:
+    try:
+        return f"{float(v):.4g}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
 class ProgressBar(TQDMProgressBar):
     """Lightning's bar, counting optimizer steps towards ``max_steps`` over the whole run (a resumed run starts
     at its checkpoint's step, of the real total) instead of batches per epoch; no ``v_num`` (the logger's
@@ -85,9 +100,31 @@ class ProgressBar(TQDMProgressBar):
             return super().init_train_tqdm()
         from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
 
+        # a terminal gets a bar of its width (100 columns where a pty does not say); a file or a pipe gets a line
+        # every LINE_EVERY_S seconds instead (on_train_batch_end), never a stream of carriage returns
+        self._lines = not interactive()
+        self._t0, self._last, self._step0 = time.perf_counter(), time.perf_counter(), trainer.global_step
         return Tqdm(desc="Training", total=trainer.max_steps, initial=trainer.global_step,
-                    position=2 * self.process_position, disable=self.is_disabled, leave=True, dynamic_ncols=True,
-                    file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT)
+                    position=2 * self.process_position, disable=self.is_disabled or self._lines, leave=True,
+                    ncols=bar_width(), file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT)
+
+    def _line(self, trainer: Any, pl_module: Any) -> None:
+        now, n = time.perf_counter(), trainer.global_step
+        if self.is_disabled or (now - self._last < LINE_EVERY_S and n < trainer.max_steps):
+            return
+        self._last = now
+        rate = (n - self._step0) / max(now - self._t0, 1e-9)
+        left = f", about {fmt_duration((trainer.max_steps - n) / rate)} left" if rate > 0 and n < trainer.max_steps else ""
+        shown = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if "loss" in k}
+        print(f"  training: step {n:,}/{trainer.max_steps:,} ({100 * n / trainer.max_steps:.0f} %), "
+              f"{rate:.2f} steps/s{left}" + "".join(f", {k} {_short(v)}" for k, v in shown.items()), flush=True)
+
+    def init_validation_tqdm(self) -> Any:
+        if getattr(self, "_lines", not interactive()):  # a file or a pipe: the periodic training line says enough
+            from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
+
+            return Tqdm(disable=True)
+        return super().init_validation_tqdm()
 
     def on_train_epoch_start(self, trainer: Any, *args: Any) -> None:
         if not self._by_steps(trainer):
@@ -96,6 +133,8 @@ class ProgressBar(TQDMProgressBar):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self._by_steps(trainer):
             return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if getattr(self, "_lines", False):
+            return self._line(trainer, pl_module)
         bar, n = self.train_progress_bar, trainer.global_step
         if bar is not None and self._should_update(n, bar.total):
             bar.n = n

@@ -32,6 +32,7 @@ from lab.models.tokenizer import ARCH_VERSION, Tokenizer
 from lab.models.transformer import LADDER, Transformer
 from lab.quantizers import build_quantizer
 from lab.runtime.files import atomic_torch_save, exclusive, process_rank, runs_root
+from lab.runtime.progress import Progress, phase
 from lab.runtime.published import install_published_tokenizer, published_tokenizer
 from lab.runtime.machine import metrics_record, resolve_precision, resolve_run_settings
 from lab.runtime.safety import load_checkpoint
@@ -154,26 +155,68 @@ def resolve_tokenizer(cfg: DictConfig):
     return load_tokenizer(tdir), tdir
 
 
+def weights_hash(module: torch.nn.Module) -> str:
+    """The first 12 hex digits of a SHA-256 over a module's parameters and buffers (names, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, v in module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()[:12]
+
+
 @torch.no_grad()
 def cache_features(module: GeneratorModule, dm, tdir: Path, cfg: DictConfig) -> None:
-    """Encoder features of every image of both splits, computed once and stored beside the tokenizer."""
+    """Encoder features of every image of both splits, computed once per tokenizer (keyed by its weights) and data,
+    in a cache of their own (``runs/_features/``, never inside another run's directory), with a progress count,
+    and saved every ``SAVE_EVERY_S`` seconds so that an interrupted run keeps what was encoded."""
     key = _hash({"data": to_dict(cfg["data"]), "size": cfg["loader"]["image_size"]})
-    path = tdir / "features" / f"{key}.pt"
-    if path.is_file():
-        feats = torch.load(path, map_location="cpu", weights_only=True)
+    tok = module.tokenizer.eval()
+    path = runs_root(cfg) / "_features" / f"{weights_hash(tok)}-{key}.pt"
+    legacy = tdir / "features" / f"{key}.pt"  # where runs before this cache kept them
+    if path.is_file() or legacy.is_file():
+        feats = torch.load(path if path.is_file() else legacy, map_location="cpu", weights_only=True)
     else:
-        feats = {}
-        tok = module.tokenizer.eval()
-        device, was = eval_device(cfg), next(tok.parameters()).device
-        tok.to(device)
-        for split in ("train", "validation"):
-            chunks = [tok.encode(b["image"].to(device)).cpu() for b in dm.ordered_loader(split)]
-            feats[split] = torch.cat(chunks).contiguous()
-        tok.to(was)
-        atomic_torch_save(feats, path)
+        with exclusive(path.with_name(path.name + ".lock"), waiting=f"waiting for another process encoding {path}"):
+            feats = _encode_splits(tok, dm, cfg, path) if not path.is_file() else torch.load(path, map_location="cpu", weights_only=True)
     module.features = feats
     if module.model.cond_kind == "text":
         module.text = cache_text(dm, cfg, key)
+
+
+SAVE_EVERY_S = 60.0
+
+
+def _encode_splits(tok, dm, cfg: DictConfig, path: Path) -> dict:
+    partial = path.with_name(path.name + ".partial")
+    state = torch.load(partial, map_location="cpu", weights_only=True) if partial.is_file() else {}
+    device, was = eval_device(cfg), next(tok.parameters()).device
+    tok.to(device)
+    total = sum(len(dm.splits[s]) for s in ("train", "validation"))
+    done = sum(sum(c.shape[0] for c in state.get(s, [])) for s in ("train", "validation"))
+    phase(f"encoding both splits through the tokenizer once ({total:,} images), cached in {path}"
+          + (f"; {done:,} were encoded before an interruption" if done else ""))
+    last = time.time()
+    with Progress("encoding images through the tokenizer", total - done) as progress:
+        for split in ("train", "validation"):
+            chunks = list(state.get(split, []))
+            skip = len(chunks)
+            for i, b in enumerate(dm.ordered_loader(split)):
+                if i < skip:
+                    continue
+                chunks.append(tok.encode(b["image"].to(device)).cpu())
+                progress.update(b["image"].shape[0])
+                state[split] = chunks
+                if time.time() - last > SAVE_EVERY_S and process_rank() == 0:
+                    atomic_torch_save(state, partial)
+                    last = time.time()
+            state[split] = chunks
+    tok.to(was)
+    feats = {split: torch.cat(state[split]).contiguous() for split in ("train", "validation")}
+    if process_rank() == 0:
+        atomic_torch_save(feats, path)
+        partial.unlink(missing_ok=True)
+    return feats
 
 
 def cache_text(dm, cfg: DictConfig, key: str) -> dict:
@@ -268,10 +311,13 @@ def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> dict:
     opts = P.options(cfg["eval"])
     kid_kw = {"kid_subsets": opts["kid_subsets"], "kid_subset_size": opts["kid_subset_size"]}
     device = module.device
+    phase(f"evaluating: gFID / KID of {n:,} generated images against the training split's reference"
+          + (f" ({opts['fid_reference_limit']:,} images)" if opts["fid_reference_limit"] else ""))
     ref, ref_info = P.reference(dm.splits["train"].images, split="train", data=str(cfg["data"]["name"]),
                                 limit=opts["fid_reference_limit"], device=device)
     extractor = P.InceptionFeatures().to(device)
     feats, seen, gen_time, inc_time = [], 0, 0.0, 0.0
+    progress = Progress("evaluating: generating images and their Inception features for gFID / KID", n)
     for i, batch in enumerate(dm.ordered_loader("validation")):
         if seen >= n:
             break
@@ -288,6 +334,10 @@ def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> dict:
         feats.append(extractor(imgs).cpu())  # one batch of generated images through Inception at a time
         gen_time, inc_time = gen_time + t1 - t0, inc_time + time.perf_counter() - t1
         seen += take
+        progress.update(take)
+    progress.close()
+    phase(f"evaluating: the floor ({seen:,} real validation images) and the ceiling ({seen:,} random-code images), "
+          "each cached once per data set and tokenizer")
     fake = P.FeatureSet(torch.cat(feats), "generated")
     floor = P.cached_score(P.prefix_features(dm.splits["validation"].images, seen, device=device,
                                              what=f"the floor: {seen} validation images"), ref, **kid_kw)
@@ -323,6 +373,7 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
     preflight(cfg)
     resolve_run_settings(cfg)  # the generator stage's precision / layout (its tokenizer stage resolves its own)
     seed_all(cfg)
+    phase(f"building data: {cfg['data']['name']}")
     dm = build_datamodule(cfg)
     dm.setup("fit")
     check_eval_size(cfg["eval"]["fid_samples"], len(dm.splits["validation"]))  # before any training
@@ -342,12 +393,14 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
     if ckpt:
         check_checkpoint_matches(module, ckpt)
     trainer = build_trainer(cfg, run_dir, [Interruption(run_dir)])  # SIGTERM / SIGINT: checkpoint, clean exit
+    phase(f"training the generator: {cfg['trainer']['max_steps']:,} steps -> {run_dir}")
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     train_time = time.time() - t0
     train_peak = peak_memory_mb()  # training alone; peak_memory_mb below also covers the evaluation
     metrics: dict[str, Any] = {}
     if trainer.is_global_zero:
         module.to(eval_device(cfg))
+        phase(f"evaluating the generator: validation loss and accuracy per scale over {cfg['eval']['batches']} batches")
         metrics = evaluate_generator(module, dm, cfg)
         metrics.update(
             params=count_params(module.model) + count_params(module.head), head_params=module.head_params(),

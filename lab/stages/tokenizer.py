@@ -22,12 +22,14 @@ from lab.runtime.signals import Interruption
 from lab.runtime.trainer import cpu_load, timer_of
 from lab.stages.common import (build_datamodule, build_trainer, check_checkpoint_matches, eval_device, log_final,
                                make_run_dir, seed_all, step_flops, summary, write_metrics)
+from lab.runtime.progress import phase
 from lab.train.modules import TokenizerModule, image_grid
 
 
 def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     resolve_run_settings(cfg)  # trainer.precision / devices: auto -> concrete values, recorded in cfg.resolved
     seed_all(cfg)
+    phase(f"building data: {cfg['data']['name']}")
     dm = build_datamodule(cfg)
     dm.setup("fit")  # data problems surface before a run directory exists
     check_eval_size(cfg["eval"]["fid_samples"], len(dm.splits["validation"]))
@@ -43,6 +45,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     if ckpt:
         check_checkpoint_matches(module, Path(ckpt))
     trainer = build_trainer(cfg, run_dir, [Interruption(run_dir)])  # SIGTERM / SIGINT: checkpoint, clean exit
+    phase(f"training the tokenizer: {cfg['trainer']['max_steps']:,} steps -> {run_dir}")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
@@ -53,6 +56,8 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     if trainer.is_global_zero:
         ev = cfg["eval"]
         module.to(eval_device(cfg))
+        phase(f"evaluating the tokenizer: PSNR / SSIM / LPIPS over {ev['batches']} validation batches"
+              + (f", rFID / rKID over {ev['fid_samples']:,} images" if ev["fid_samples"] else ""))
         metrics = evaluate_tokenizer(
             module.tokenizer, dm.val_dataloader(), batches=ev["batches"], fid_samples=ev["fid_samples"],
             lpips=module.metric_lpips, device=module.device, protocol=ev,
