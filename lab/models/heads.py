@@ -89,11 +89,13 @@ class IndexHead(nn.Module):
         V = vocab_size if code_kind == "index" else 2**bits
         n = index_head_params(width, V)
         if n > max_params:
+            vocab = f"2^{bits} = {human(V)}" if V == 2**bits else f"{human(V)} (the product of the levels {list(levels or [])})"
+            digits = ", head.name=digits (a softmax per dimension)" if levels else ""
             raise ConfigError(
-                f"An index head over a vocabulary of 2^{bits} = {human(V)} codes at width {width} needs "
+                f"An index head over a vocabulary of {vocab} codes at width {width} needs "
                 f"{human(n)} parameters ({width} x {human(V)}), above head.max_params={human(max_params)}; "
                 f"the bitwise head needs {human(bitwise_head_params(width, bits))} ({width} x {bits}). "
-                "Use head.name=bitwise, fewer bits, or raise head.max_params."
+                f"Use head.name=bitwise{digits}, fewer {'levels' if levels else 'bits'}, or raise head.max_params."
             )
         self.code_kind, self.bits, self.vocab_size = code_kind, bits, V
         self.label_smoothing = label_smoothing
