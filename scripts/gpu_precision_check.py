@@ -28,7 +28,7 @@ for scales, label in (((1, 2, 3, 4, 6, 8), "cpu-preset 130 tokens"), ((1, 2, 3, 
                 def step():
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=prec == "bf16"):
                         h = model(x, model.condition(labels=labels))
-                        loss = head.loss(head(h), y).mean()
+                        loss = head.loss(h, y).mean()
                     opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
                 for _ in range(3): step()
                 torch.cuda.synchronize(); t = time.perf_counter(); n = 0

@@ -12,13 +12,18 @@ from lab.core.registry import ConfigError
 from lab.models.tokenizer import Tokenizer
 
 QUANTIZERS = {"bsq": {"name": "bsq", "bits": 8}, "lfq": {"name": "lfq", "bits": 8},
-              "vq": {"name": "vq", "codebook_size": 256, "kmeans_init": False}}
+              "vq": {"name": "vq", "codebook_size": 256, "kmeans_init": False},
+              "fsq": {"name": "fsq", "levels": [4, 4, 4, 4]}}
 CORRECTIONS = {"none": {"name": "none"},
                "flip": {"name": "bitflip", "p_max": 0.2, "requantize": False},
                "bsc": {"name": "bitflip", "p_max": 0.2, "requantize": True},
                "random_index": {"name": "random_index", "p_max": 0.2}}
 COMBOS = [(q, h, c) for q, h, c in itertools.product(QUANTIZERS, ("index", "bitwise"), CORRECTIONS)
-          if not (q == "vq" and c in ("flip", "bsc"))]
+          if not (q in ("vq", "fsq") and c in ("flip", "bsc"))]
+# the heads of issue 25 on every quantizer, each with a correction that fits (not the whole product: CI time)
+COMBOS += [("bsq", "masked_bits", "bsc"), ("lfq", "masked_bits", "none"), ("vq", "masked_bits", "random_index"),
+           ("fsq", "masked_bits", "none"), ("fsq", "digits", "random_index"), ("bsq", "digits", "bsc"),
+           ("vq", "digits", "none")]
 
 
 def build(q: str, head: str, corr: str, cond: str = "class", order: str = "scale") -> GeneratorModule:

@@ -188,5 +188,5 @@ def test_without_requantize_labels_equal_clean(kind):
 
 
 def test_registries():
-    assert set(HEADS) == {"index", "bitwise"}
+    assert set(HEADS) == {"index", "bitwise", "digits", "masked_bits"}
     assert {"none", "bitflip", "random_index"} <= set(CORRECTIONS)

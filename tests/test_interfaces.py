@@ -10,7 +10,7 @@ from lab.generation.correction import CORRECTIONS, BitFlip, check_compatible
 from lab.models.heads import HEADS, Head, build_head
 from lab.quantizers import QUANTIZERS, Quantizer, build_quantizer
 
-SMALL = {"vq": {"codebook_size": 64}, "lfq": {"bits": 6}, "bsq": {"bits": 6}}
+SMALL = {"vq": {"codebook_size": 64}, "lfq": {"bits": 6}, "bsq": {"bits": 6}, "fsq": {"levels": [4, 3, 5]}}
 
 
 @pytest.mark.parametrize("name", sorted(QUANTIZERS))
@@ -23,16 +23,22 @@ def test_every_quantizer_is_a_quantizer(name):
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))
-@pytest.mark.parametrize("code_kind", ["index", "bits"])
-def test_every_head_is_a_head_for_both_code_kinds(name, code_kind):
-    head = build_head({"name": name}, width=16, code_kind=code_kind, bits=4, vocab_size=16)
-    assert isinstance(head, Head)
-    logits = head(torch.randn(2, 5, 16))
-    codes = head.sample(logits, temperature=1.0, top_k=0, top_p=1.0, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("code_kind, levels", [("index", None), ("bits", None), ("index", [2, 4, 2])])
+def test_every_head_is_a_head_for_every_code_kind(name, code_kind, levels):
+    """Index codes, bit codes and FSQ's index codes with their digit levels (a vocabulary of 16 each)."""
+    head = build_head({"name": name}, width=16, code_kind=code_kind, bits=4, vocab_size=16, levels=levels)
+    assert isinstance(head, Head) and head.loss_name
+    h = torch.randn(2, 5, 16)
+    logits = head(h)
+    codes = head.sample(h, guide=None, temperature=1.0, top_k=0, top_p=1.0, generator=torch.Generator().manual_seed(0))
     expect = (2, 5) if code_kind == "index" else (2, 5, 4)
     assert tuple(codes.shape) == expect
-    assert head.loss(logits, codes).shape == (2, 5)
+    assert head.loss(h, codes).shape == head.loss(h, codes, logits).shape == (2, 5)
     assert head.correct(logits, codes).shape == head.bit_agreement(logits, codes).shape == (2, 5)
+    # guidance: the head takes 2B rows and returns the B guided ones
+    guide = lambda lg: 2 * lg[:2] - lg[2:]  # noqa: E731
+    guided = head.sample(torch.cat([h, h]), guide=guide, temperature=0, top_k=0, top_p=1.0, generator=None)
+    assert torch.equal(guided, head.sample(h, guide=None, temperature=0, top_k=0, top_p=1.0, generator=None))
 
 
 @pytest.mark.parametrize("name", sorted(CORRECTIONS))

@@ -16,6 +16,8 @@ SMALL = {
     "lfq": {"name": "lfq", "bits": 6},
     "bsq": {"name": "bsq", "bits": 12},
     "bsq_proj": {"name": "bsq", "bits": 5},
+    "fsq": {"name": "fsq", "levels": [8, 5, 5, 5]},
+    "fsq_two": {"name": "fsq", "levels": [2, 3, 2]},
 }
 
 
@@ -110,7 +112,7 @@ def test_lfq_bit_order_matches_library_indices():
     assert torch.equal(pack_bits(out.codes), index)
 
 
-@pytest.mark.parametrize("key", ["vq", "lfq", "bsq"])
+@pytest.mark.parametrize("key", ["vq", "lfq", "bsq", "fsq"])
 def test_multiscale_codes_rebuild_f_hat(key):
     torch.manual_seed(0)
     msq = MultiScaleQuantizer(build_quantizer(SMALL[key], dim=12), dim=12, scales=(1, 2, 3, 4))

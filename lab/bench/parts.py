@@ -106,7 +106,7 @@ def bench_heads(s: Settings) -> list[dict]:
                     head = build_head({"name": kind}, width=width, code_kind="bits", bits=bits, vocab_size=2**bits).to(s.device)
 
                     def step(head=head, codes=codes):
-                        head.loss(head(h), codes).mean().backward()
+                        head.loss(h, codes).mean().backward()
                         h.grad = None
                         for p in head.parameters():
                             p.grad = None
@@ -191,7 +191,7 @@ def bench_generator_train(s: Settings) -> list[dict]:
         def step(model=model, head=head, opt=opt, x=x, bits=bits):
             drop = torch.rand(B, device=s.device) < model.cond_dropout
             h = model(x, model.condition(labels=labels, drop=drop))
-            loss = head.loss(head(h), bits).mean()
+            loss = head.loss(h, bits).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

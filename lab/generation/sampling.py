@@ -1,6 +1,7 @@
 """Sampling scale by scale with a KV cache (VAR/Infinity), or token by token for the raster baseline.
 
-Per step: logits -> classifier-free guidance on logits ``g*cond + (1-g)*uncond`` (g: ``guidance``) (constant, or growing
+Per step: the head turns the transformer's states into codes (in one pass, or several: masked_bits), and at
+every pass: logits -> classifier-free guidance on logits ``g*cond + (1-g)*uncond`` (g: ``guidance``) (constant, or growing
 linearly from 1 at the first scale to ``guidance`` at the last) -> temperature, top-k / top-p (per bit for the
 bitwise head) -> codes -> ``f_hat += phi_k(up(codes_to_latent(codes)))`` -> the next scale's input.
 """
@@ -71,6 +72,11 @@ def _guide(logits: Tensor, B: int, w: float, guided: bool) -> Tensor:
     return w * cond + (1 - w) * uncond
 
 
+def _guide_fn(B: int, w: float, guided: bool):
+    """The guidance a head applies to each pass's logits: rows [0, B) conditional, [B, 2B) unconditional."""
+    return lambda logits: _guide(logits, B, w, guided)
+
+
 def _run(model: Transformer, x_tokens: Tensor | None, cond: Cond, cache, start: int, n: int, use_cache: bool, prefix: Tensor | None):
     """Hidden states of positions [start, start+n), cached or recomputed from scratch."""
     if use_cache:
@@ -109,8 +115,8 @@ def sample_codes(model: Transformer, head: nn.Module, msq: MultiScaleQuantizer, 
                     x_tok = torch.cat([x_tok, x_tok])
             h, prefix = _run(model, x_tok, cond, cache, start, s * s, opts.use_cache, prefix)
             start += s * s
-            logits = _guide(head(h), B, guidance_at(opts, k, K), guided)
-            flat = head.sample(logits, **sample_kw)  # (B, s*s) or (B, s*s, d)
+            guide = _guide_fn(B, guidance_at(opts, k, K), guided)
+            flat = head.sample(h, guide=guide, **sample_kw)  # (B, s*s) or (B, s*s, d)
             codes = flat.reshape(B, s, s, *flat.shape[2:])
             codes_all.append(codes)
             f_hat = f_hat + msq.contribution(msq.scale_latent(codes), k)
@@ -121,8 +127,7 @@ def sample_codes(model: Transformer, head: nn.Module, msq: MultiScaleQuantizer, 
     for t in range(model.L):
         k = int(model.scale_of[t])
         h, prefix = _run(model, x_tok, cond, cache, t, 1, opts.use_cache, prefix)
-        logits = _guide(head(h), B, guidance_at(opts, k, K), guided)
-        code = head.sample(logits, **sample_kw)  # (B, 1) or (B, 1, d)
+        code = head.sample(h, guide=_guide_fn(B, guidance_at(opts, k, K), guided), **sample_kw)  # (B, 1) or (B, 1, d)
         flat_codes.append(code)
         x_tok = token_latent(msq, code, k)
         if guided:

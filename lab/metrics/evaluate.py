@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lab.metrics.measures import LPIPS, bit_entropy, codebook_stats, psnr, ssim
+from lab.metrics.measures import LPIPS, bit_entropy, codebook_stats, level_entropy, psnr, ssim
 from lab.models.tokenizer import Tokenizer
 from lab.metrics import fid_protocol as P
 from lab.quantizers.codes import unpack_bits
@@ -92,6 +92,12 @@ def evaluate_tokenizer(
         per_scale["codebook_usage"] = [s["usage"] for s in st]
         per_scale["perplexity"] = [s["perplexity"] for s in st]
         metrics["codebook_usage"] = codebook_stats(torch.cat([torch.cat(c).flatten() for c in codes_per_scale]), V)["usage"]
+        if tokenizer.msq.levels:  # FSQ: how evenly each dimension uses its levels
+            per_dim = [level_entropy(torch.cat(c), tokenizer.msq.levels) for c in codes_per_scale]
+            per_scale["level_entropy"] = [sum(e) / len(e) for e in per_dim]
+            metrics["level_entropy"] = sum(per_scale["level_entropy"]) / len(per_dim)
+            metrics["level_entropy_per_dim"] = level_entropy(torch.cat([torch.cat(c).flatten() for c in codes_per_scale]),
+                                                             tokenizer.msq.levels)
     metrics["per_scale"] = per_scale
     if extractor is not None:
         metrics.update(_rfid(torch.cat(fid_feats), torch.cat(fid_real), val_loader, protocol, device))

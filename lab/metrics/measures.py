@@ -16,6 +16,7 @@ Everything works offline:
 from __future__ import annotations
 
 import functools
+import math
 import importlib.util
 import os
 import pickle
@@ -24,15 +25,17 @@ import resource
 import sys
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lab.quantizers.codes import index_to_digits
 from lab.runtime.files import cache_root
 
 __all__ = [
-    "psnr", "ssim", "LPIPS", "FID", "InceptionFeatures", "codebook_stats", "bit_entropy", "count_params",
+    "psnr", "ssim", "LPIPS", "FID", "InceptionFeatures", "codebook_stats", "bit_entropy", "level_entropy", "count_params",
     "peak_memory_mb", "reset_peak_memory",
 ]
 
@@ -384,10 +387,10 @@ def codebook_stats(codes: Tensor, codebook_size: int) -> dict:
         return {"usage": 0.0, "perplexity": 0.0}
     if int(codes.min()) < 0 or int(codes.max()) >= codebook_size:
         raise ValueError(f"codes outside [0, {codebook_size}): min {int(codes.min())}, max {int(codes.max())}")
-    hist = torch.bincount(codes, minlength=codebook_size).double()
+    hist = codes.unique(return_counts=True)[1].double()  # the used codes only: no (codebook_size,) histogram (FSQ to 2^62)
     p = hist / hist.sum()
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return {"usage": float((hist > 0).sum()) / codebook_size, "perplexity": float(entropy.exp())}
+    entropy = -(p * p.log()).sum()
+    return {"usage": float(hist.numel()) / codebook_size, "perplexity": float(entropy.exp())}
 
 
 def bit_entropy(bits: Tensor) -> Tensor:
@@ -401,6 +404,18 @@ def bit_entropy(bits: Tensor) -> Tensor:
     p = ones[m]
     h[m] = -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
     return h.mean().float()
+
+
+def level_entropy(index: Tensor, levels: Sequence[int]) -> list[float]:
+    """Per digit of a mixed-radix code (FSQ): the entropy of its level histogram over ``index`` (any shape),
+    normalised by log2(L_i): 1 when the dimension uses its levels evenly, 0 when it is constant."""
+    digits = index_to_digits(index.detach().reshape(-1), levels)  # (N, D)
+    out = []
+    for i, L in enumerate(levels):
+        p = torch.bincount(digits[:, i], minlength=int(L)).double()
+        p = p[p > 0] / p.sum().clamp_min(1)
+        out.append(float(-(p * p.log2()).sum()) / math.log2(int(L)))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ params / memory

@@ -84,6 +84,11 @@ class MultiScaleQuantizer(nn.Module):
         return int(self.quantizer.vocab_size)
 
     @property
+    def levels(self) -> tuple[int, ...] | None:
+        """The level count of each digit of a mixed-radix index code (FSQ), None for other quantizers."""
+        return getattr(self.quantizer, "levels", None)
+
+    @property
     def num_scales(self) -> int:
         return len(self.scales)
 

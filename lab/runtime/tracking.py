@@ -128,11 +128,15 @@ def run_hparams(cfg: Any, run_dir: Path) -> dict:
     return out
 
 
+# each head's ``loss_name`` (lab/models/heads.py; not imported here: runtime sits below models)
+LOSS_NAMES = {"bitwise": "bits_bce", "index": "index_ce", "digits": "digits_ce", "masked_bits": "masked_bits_bce"}
+
+
 def final_scalars(cfg: Any, metrics: dict) -> dict:
     """metrics.json -> ``final/<key>`` scalars (every number), the generator's val_loss under its head's name."""
     final = {f"final/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if "val_loss" in metrics and cfg["stage"] == "generator":
-        kind = "bits_bce" if cfg["head"]["name"] == "bitwise" else "index_ce"
+        kind = LOSS_NAMES.get(cfg["head"]["name"], "index_ce")
         final[f"final/val_{kind}"] = float(metrics["val_loss"])
     return final
 

@@ -249,12 +249,13 @@ def free_running_accuracy(module: GeneratorModule, batch: dict) -> list[float]:
         return []
     for k, s in enumerate(msq.scales):
         x = None if k == 0 else msq.down(f_hat, s).flatten(2).transpose(1, 2)
-        logits = head(model.step(x, cond, cache, start, s * s))
+        h = model.step(x, cond, cache, start, s * s)
+        logits = head(h)
         start += s * s
         target, _ = msq.quantize_scale(f, f_hat, k)
         target = target.flatten(1, 2)
         acc.append(float(head.bit_agreement(logits, target).mean()))
-        pred = head.sample(logits, temperature=0, top_k=0, top_p=1.0, generator=None)
+        pred = head.sample(h, guide=None, temperature=0, top_k=0, top_p=1.0, generator=None)
         f_hat = f_hat + msq.contribution(msq.scale_latent(pred.reshape(B, s, s, *pred.shape[2:])), k)
     return acc
 
@@ -365,7 +366,8 @@ def preflight(cfg: DictConfig) -> None:
     width = gen.get("width") or LADDER[size][1]
     latent = to_dict(cfg["tokenizer"]).get("latent_dim", inspect.signature(Tokenizer).parameters["latent_dim"].default)
     q = build_quantizer(to_dict(cfg["quantizer"]), dim=latent)
-    build_head(to_dict(cfg["head"]), width=width, code_kind=q.code_kind, bits=q.bits, vocab_size=q.vocab_size)
+    build_head(to_dict(cfg["head"]), width=width, code_kind=q.code_kind, bits=q.bits, vocab_size=q.vocab_size,
+               levels=getattr(q, "levels", None))
     check_compatible(build(CORRECTIONS, to_dict(cfg["correction"]), "correction"), q.code_kind, str(cfg["quantizer"]["name"]))
 
 

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository root (as lab/runtim
 # A run that ended in a recorded failure (out of memory, a diverging loss) is a result of its grid point; a run
 # with any other status has not finished.
 FAILED_STATUSES = ("out_of_memory", "non_finite_loss")
-LOSS_KINDS = {"bitwise": "bit BCE (bitwise head)", "index": "index cross-entropy (index head)"}
+LOSS_KINDS = {"bitwise": "bit BCE (bitwise head)", "index": "index cross-entropy (index head)",
+              "digits": "level cross-entropy per dimension (digits head)", "masked_bits": "masked-bit BCE (masked_bits head)"}
 REPRODUCED, CONTRADICTED, UNDECIDED = "reproduced", "contradicted", "undecided"
 
 

@@ -49,7 +49,8 @@ class GeneratorModule(CheckpointedRNG, pl.LightningModule):
             p.requires_grad_(False)
         msq = tokenizer.msq
         self.model = Transformer(latent_dim=tokenizer.latent_dim, scales=msq.scales, num_classes=num_classes, **cfg["generator"])
-        self.head = build_head(cfg["head"], width=self.model.width, code_kind=msq.code_kind, bits=msq.bits, vocab_size=msq.vocab_size)
+        self.head = build_head(cfg["head"], width=self.model.width, code_kind=msq.code_kind, bits=msq.bits,
+                               vocab_size=msq.vocab_size, levels=msq.levels)
         self.correction = build(CORRECTIONS, cfg["correction"], "correction")
         check_compatible(self.correction, msq.code_kind, str(cfg["quantizer"]["name"]))
         self.register_buffer("weights", scale_weights(msq.scales, cfg["generator_loss"]["scale_reweight"], "cpu"), persistent=False)
@@ -94,24 +95,25 @@ class GeneratorModule(CheckpointedRNG, pl.LightningModule):
         return self.model.condition(labels=batch["label"], text=self.batch_text(batch, split), drop=drop,
                                     batch_size=batch["label"].shape[0])
 
-    def losses(self, batch: dict, split: str, strategy, drop: Tensor | None):
+    def losses(self, batch: dict, split: str, strategy, drop: Tensor | None, with_logits: bool = True):
+        """(per-token loss (B, L), the head's logits (None unless ``with_logits``), labels)."""
         f = self.batch_features(batch, split)
         x, labels = self.sequence(f, strategy)
         h = self.model(x, self.cond(batch, split, drop))
-        logits = self.head(h)
-        return self.head.loss(logits, labels), logits, labels
+        logits = self.head(h) if with_logits else None
+        return self.head.loss(h, labels, logits), logits, labels
 
     # --- steps ----------------------------------------------------------------------------------
     def train_loss(self, batch: dict) -> Tensor:
         B = batch["label"].shape[0]
         drop = torch.rand(B, device=self.device) < self.model.cond_dropout
-        tok_loss, logits, labels = self.losses(batch, "train", self.correction, drop)
+        tok_loss, _, _ = self.losses(batch, "train", self.correction, drop, with_logits=False)
         return (tok_loss * self.weights).sum(1).mean()
 
     @property
     def loss_name(self) -> str:
         """The head's loss under its own name (TensorBoard tags): a bit's BCE and a token's CE differ in scale."""
-        return "bits_bce" if self.cfg["head"]["name"] == "bitwise" else "index_ce"
+        return self.head.loss_name
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self.train_loss(batch)

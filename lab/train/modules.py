@@ -143,7 +143,7 @@ class TokenizerModule(CheckpointedRNG, pl.LightningModule):
         loss, rec, lp, out = self.train_loss(batch)
         check_finite(loss, self.global_step, {"recon": rec, "lpips": lp, "quant": out.quant.loss})
         log = {"train/loss": loss, "train/recon": rec, "train/lpips": lp, "train/quant": out.quant.loss}
-        for key in ("per_sample_entropy", "batch_entropy", "commitment"):
+        for key in ("per_sample_entropy", "batch_entropy", "commitment", "codebook_usage", "level_entropy"):
             vals = [s[key] for s in out.quant.stats if key in s]
             if vals:
                 log[f"train/{key}"] = torch.stack(vals).mean()
