@@ -284,3 +284,15 @@ def test_a_tokenizer_needed_by_two_processes_is_trained_once(tmp_path):
     killed.wait()
     with run_mod.exclusive(lock):  # taken at once: the dead holder's lock went with its process
         pass
+
+
+def test_exclude_drops_the_points_that_ask_nothing_and_refuses_what_matches_none():
+    sweep = {"cases": [{"label": "bsq", "quantizer.name": "bsq"}, {"label": "vq", "quantizer.name": "vq"}],
+             "head.name": ["index", "bitwise"], "exclude": [{"case": "vq", "head.name": "bitwise"}]}
+    assert [p.label for p in expand(sweep)] == ["bsq_head-index", "bsq_head-bitwise", "vq_head-index"]
+    with pytest.raises(ConfigError, match="matches no point"):
+        expand({**sweep, "exclude": [{"case": "lfq"}]})
+    with pytest.raises(ConfigError, match="not a column"):
+        expand({**sweep, "exclude": [{"head.nmae": "index"}]})
+    with pytest.raises(ConfigError, match="list of mappings"):
+        expand({**sweep, "exclude": "vq"})

@@ -22,6 +22,9 @@ import torch
 
 from lab.bench.common import (INDEX_HEAD_MEM_FACTOR, LFQ_MEM_FACTOR, MAX_BUILT_INDEX_PARAMS, VQ_MEM_FACTOR, Settings,  # noqa: F401
                               fmt_cell, format_table, measure, progress, ratio, time_ms)
+from lab.bench.families import COLUMNS as FAMILY_COLUMNS
+from lab.bench.families import NOTES as FAMILY_NOTES
+from lab.bench.families import bench_families
 from lab.bench.machine import bench_machine
 from lab.bench.training import bench_training
 from lab.models.heads import bitwise_head_params, build_head, index_head_params
@@ -287,6 +290,7 @@ PARTS: dict[str, dict] = {
                "Every case stops after its time budget (16 s of timed steps for both precisions; a warm-up that overruns it is reported "
                "instead), so the part ends in bounded time on a CPU that emulates bf16. The probe row is the cached "
                "start-up probe of trainer.precision=auto."]),
+    "families": dict(fn=bench_families, columns=FAMILY_COLUMNS, notes=FAMILY_NOTES),
     "generator_train": dict(fn=bench_generator_train, columns=[
         ("item", "item", "s"), ("size", "size", "s"), ("correction", "correction", "s"), ("batch", "batch", "i"),
         ("params", "params", "h"), ("ms", "ms", "f"), ("n", "n", "i"), ("tokens_per_s", "tokens/s", "f"),

@@ -49,10 +49,17 @@ def _axis_name(key: str) -> str:
     return parts[-2] if parts[-1] == "name" and len(parts) > 1 else parts[-1]
 
 
+EXCLUDE = "exclude"
+
+
 def expand(sweep: Mapping | None) -> list[Point]:
-    """The grid points of ``sweep`` (product of the axes, in order). ``None`` or ``{}`` is a single point."""
+    """The grid points of ``sweep`` (product of the axes, in order), less those that match an entry of its
+    ``exclude:`` list (each a mapping of column values, e.g. ``{case: vq-2^12, head.name: digits}``: combinations
+    that ask nothing). ``None`` or ``{}`` is a single point."""
     if not sweep:
         return [Point("default", {})]
+    sweep = dict(sweep)
+    exclude = sweep.pop(EXCLUDE, None) or []
     axes: list[list[tuple[str, dict[str, Any], dict]]] = []  # per axis: (label part, column values, layer)
     for key, values in sweep.items():
         if not isinstance(values, (list, tuple)) or not values:
@@ -87,11 +94,28 @@ def expand(sweep: Mapping | None) -> list[Point]:
             layer = _merge_layers(layer, lay)
             values.update(vals)
         points.append(Point("_".join(part for part, _, _ in combo), values, layer))
+    points = _excluded(points, exclude)
     labels = [p.label for p in points]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
         raise ConfigError(f"sweep points share a label ({', '.join(dupes)}): give the cases distinct `label:`s.")
     return points
+
+
+def _excluded(points: list[Point], exclude: Any) -> list[Point]:
+    if not isinstance(exclude, (list, tuple)) or not all(isinstance(e, Mapping) and e for e in exclude):
+        raise ConfigError(f"sweep.exclude must be a list of mappings of column values (e.g. [{{case: vq, head.name: "
+                          f"digits}}]), got {exclude!r}.")
+    columns = {c for p in points for c in p.values}
+    for i, e in enumerate(exclude):
+        unknown = [k for k in e if k not in columns]
+        if unknown:
+            raise ConfigError(f"sweep.exclude[{i}] names {', '.join(map(str, unknown))}, not a column of this sweep "
+                              f"(the columns: {', '.join(sorted(columns))}).")
+        if not any(all(short_value(p.values.get(k)) == short_value(v) for k, v in e.items()) for p in points):
+            raise ConfigError(f"sweep.exclude[{i}]={dict(e)} matches no point of the grid: check the values.")
+    return [p for p in points if not any(all(short_value(p.values.get(k)) == short_value(v) for k, v in e.items())
+                                         for e in exclude)]
 
 
 def _merge_layers(a: dict, b: Mapping) -> dict:
