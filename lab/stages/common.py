@@ -139,8 +139,9 @@ def write_metrics(run_dir: Path, metrics: dict) -> None:
     atomic_write(run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2, default=float)))
 
 
-HEADLINE = ("psnr", "ssim", "lpips", "rfid", "bit_entropy", "codebook_usage", "baseline_psnr", "baseline_lpips",
-            "val_loss", "bit_accuracy", "token_accuracy", "gfid", "params", "head_params", "wall_time_s", "peak_memory_mb")
+HEADLINE = ("psnr", "ssim", "lpips", "rfid", "rkid", "bit_entropy", "codebook_usage", "baseline_psnr", "baseline_lpips",
+            "val_loss", "bit_accuracy", "token_accuracy", "gfid", "kid", "gfid_normalized", "params", "head_params",
+            "wall_time_s", "peak_memory_mb")
 
 
 def summary(run_dir: Path, metrics: dict) -> str:
