@@ -4,7 +4,8 @@ Reads every suite's published results (``results/<suite>/results.csv``, written 
 ablations/<suite> --out results/<suite>``) and the quantizer bench (``results/bench/quantizers.json``), and
 decides each finding of ``lab/sweeps/findings_table.py`` with ``lab/core/stats.py``: seed-paired t-intervals, Holm's
 correction over a finding's comparisons, the smallest detectable difference D, a difference of differences for
-an interaction, a percentile-bootstrap interval for a correlation (per loss kind). A suite that has not finished,
+an interaction, a percentile-bootstrap interval for a correlation (per loss kind), two one-sided tests against a
+stated margin for a claim of similarity; each interval printed is the one its verdict used. A suite that has not finished,
 has fewer than 3 seeds, or predates the evaluation protocol of issue 13 is reported as incomplete, never decided
 from part of it. Light at import (the CLI registers it at start-up): scipy and numpy load when it runs.
 """
