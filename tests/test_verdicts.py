@@ -18,11 +18,11 @@ from lab.config import available_experiments
 from lab.core.numfmt import decimals_for, fmt, fmt_mean_sd
 from lab.core.registry import ConfigError
 from lab.core.stats import (
-    HIGHER, LOWER, NEUTRAL, bootstrap_correlation, compare, difference_of_differences, direction, holm,
-    min_detectable_difference, paired_t, power_paired_t,
+    HIGHER, LOWER, NEUTRAL, bootstrap_correlation, compare, difference_of_differences, direction, holm, holm_levels,
+    min_detectable_difference, paired_t, power_paired_t, tost,
 )
 from lab.sweeps.plan import FIXED_COLUMNS, plan
-from lab.sweeps.verdicts import markdown, parse_baseline, verdicts_from_csv
+from lab.sweeps.verdicts import DEFAULT_VERDICT_METRICS, markdown, parse_baseline, verdicts_from_csv
 
 SUITES = [n for n in available_experiments() if n.startswith("ablations/")]
 NOISE = [0.8, -1.1, 0.3, -0.4, 0.9]  # fixed "seed noise", mean 0.1, sd ~0.86
@@ -119,6 +119,60 @@ def test_holm_turns_a_borderline_verdict_into_no_difference(tmp_path):
     assert many["tweak"].test.p == pytest.approx(p_alone)  # the same test ...
     assert many["tweak"].k == 5 and many["tweak"].p_holm == pytest.approx(5 * p_alone)  # ... among 5 comparisons
     assert many["tweak"].verdict == "no difference detected"
+    # its unadjusted 95 % interval excludes 0, the interval beside the verdict (Holm's) does not
+    assert many["tweak"].test.ci[1] < 0 < many["tweak"].ci_adjusted[1] and many["tweak"].ci_adjusted[0] < 0
+    assert alone["tweak"].ci_adjusted == pytest.approx(alone["tweak"].test.ci) and alone["tweak"].level == 0.95
+    text = markdown(verdicts_from_csv(write_results(tmp_path / "b.csv", cells), ["case"], "none", ["gfid"]),
+                    {"case": "none"})
+    row = next(line for line in text.splitlines() if line.startswith("| tweak |"))
+    lo, hi = map(float, re.search(r"\[(-?[\d.]+), (-?[\d.]+)\] \((\d+(?:\.\d+)?) %\)", row).groups()[:2])
+    assert lo < 0 < hi and "no difference detected" in row
+
+
+def interval_rows(text: str) -> list[tuple[float, float, str]]:
+    """(lo, hi, verdict) of every row of a Verdicts table."""
+    out = []
+    for line in text.splitlines():
+        m = re.search(r"\| \[(-?[\d.]+), (-?[\d.]+)\] \([\d.]+ %\) \| [^|]+ \| ([^|]+) \|$", line)
+        if m:
+            out.append((float(m.group(1)), float(m.group(2)), m.group(3).strip()))
+    return out
+
+
+def test_the_printed_interval_agrees_with_holm_on_random_planted_data():
+    """Over many planted datasets (k comparisons, n seeds, effects from none to large): the Holm-adjusted interval
+    excludes 0 exactly when Holm's adjusted p < 0.05, i.e. when the verdict is better / worse, and the table never
+    prints an interval that excludes 0 beside "no difference detected"."""
+    rng = np.random.default_rng(24)
+    decided = undecided_but_unadjusted_excludes = 0
+    for _ in range(400):
+        k, n = int(rng.integers(1, 7)), int(rng.integers(2, 7))
+        base = {s: float(rng.normal(100, 5)) for s in range(n)}
+        pairs = []
+        for j in range(k):
+            effect = float(rng.choice([0.0, 0.5, 1.0, 2.0, 4.0])) * float(rng.choice([-1, 1]))
+            pairs.append((f"c{j}", {s: base[s] + effect + float(rng.normal(0, 1)) for s in range(n)}, "none", base))
+        for c in compare("gfid", pairs, LOWER):
+            excludes = c.ci_adjusted[0] > 0 or c.ci_adjusted[1] < 0
+            assert excludes == (c.p_holm < 0.05) == (c.verdict in ("better", "worse")), c
+            decided += excludes
+            undecided_but_unadjusted_excludes += (not excludes) and (c.test.ci[0] > 0 or c.test.ci[1] < 0)
+        if k > 1:
+            smallest_p = min(compare("gfid", pairs, LOWER), key=lambda c: c.test.p)
+            assert smallest_p.level == pytest.approx(1 - 0.05 / k)  # Holm's first step: Bonferroni's level
+    assert decided > 100 and undecided_but_unadjusted_excludes > 10  # both kinds of case were planted
+
+
+def test_the_verdicts_table_never_shows_an_interval_excluding_0_beside_no_difference(tmp_path):
+    rng = np.random.default_rng(7)
+    cells = {"none": {s: {"gfid": 100 + NOISE[s]} for s in range(5)}}
+    for j, effect in enumerate([0.0, 0.6, 0.9, 1.2, 3.0, -0.8]):
+        cells[f"c{j}"] = {s: {"gfid": 100 + NOISE[s] + effect + float(rng.normal(0, 0.5))} for s in range(5)}
+    results = verdicts_from_csv(write_results(tmp_path / "r.csv", cells), ["case"], "none", ["gfid"])
+    rows = interval_rows(markdown(results, {"case": "none"}))
+    assert len(rows) == 6
+    for lo, hi, verdict in rows:
+        assert (lo > 0 or hi < 0) == (verdict in ("better", "worse")), (lo, hi, verdict)
 
 
 def test_one_seed_gives_no_interval_and_says_so(tmp_path):
@@ -166,6 +220,33 @@ def test_a_baseline_that_fixes_one_axis_compares_within_each_group(tmp_path):
 
 
 # --------------------------------------------------------------------------------------- the statistics
+def test_holm_levels_follow_the_steps_and_stop_where_holm_stops():
+    # k = 3: p = 0.001 (rank 0: 3p < .05), 0.02 (rank 1: 2p = .04), 0.04 (rank 2: p = .04), all rejected:
+    # levels 1 - .05/3, 1 - .05/2, 1 - .05/1
+    assert holm_levels([0.02, 0.001, 0.04]) == pytest.approx([1 - 0.05 / 2, 1 - 0.05 / 3, 0.95])
+    # p = 0.03 at rank 0 is retained (3p = .09): Holm stops there, and every later comparison takes its level
+    assert holm_levels([0.03, 0.04, 0.045, None]) == pytest.approx([1 - 0.05 / 3] * 3 + [None])
+    # p = 0.04 at rank 1 is retained though its own step (1p = .04) would pass: Holm stopped at rank 0 (2p = .06)
+    assert holm_levels([0.03, 0.04]) == pytest.approx([1 - 0.05 / 2, 1 - 0.05 / 2])
+    assert holm([0.03, 0.04]) == pytest.approx([0.06, 0.06])
+
+
+def test_tost_decides_equivalence_by_the_90_percent_interval():
+    same = [0.3, -0.2, 0.1, -0.25, 0.05]
+    e = tost(same, margin=1.0)
+    lo, hi = sps.t.interval(0.90, 4, loc=np.mean(same), scale=sps.sem(same))
+    assert e.ci == pytest.approx((lo, hi)) and e.level == pytest.approx(0.9)
+    assert e.equivalent and not e.different and e.p < 0.05
+    shifted = [x + 3 for x in same]
+    e = tost(shifted, margin=1.0)
+    assert not e.equivalent and e.different and e.p > 0.05
+    e = tost([x * 8 for x in same], margin=1.0)  # centred on 0 but too noisy to show it: neither
+    assert not e.equivalent and not e.different
+    assert tost([2.0], margin=1.0).ci is None  # one pair: no decision
+    with pytest.raises(ValueError):
+        tost(same, margin=0.0)
+
+
 def test_holm_matches_the_step_down_definition():
     assert holm([0.01, 0.04, 0.03, None]) == pytest.approx([0.03, 0.06, 0.06, None])
     assert holm([0.5, 0.2]) == pytest.approx([0.5, 0.4])
@@ -173,13 +254,48 @@ def test_holm_matches_the_step_down_definition():
 
 
 def test_directions_and_their_override():
-    assert [direction(m) for m in ("gfid", "kid", "rfid", "lpips", "val_loss", "wall_time_s", "gfid_normalized")] == [LOWER] * 7
-    assert [direction(m) for m in ("psnr", "ssim", "bit_accuracy", "codebook_usage", "bit_entropy",
-                                   "sample_images_per_s")] == [HIGHER] * 6
+    assert [direction(m) for m in ("gfid", "kid", "rfid", "lpips", "val_loss", "gfid_normalized")] == [LOWER] * 6
+    assert [direction(m) for m in ("psnr", "ssim", "bit_accuracy", "codebook_usage", "bit_entropy")] == [HIGHER] * 5
     assert direction("per_scale.accuracy_gap.4") == LOWER and direction("gfid_floor") == NEUTRAL
     assert direction("params") == NEUTRAL and direction("params", {"params": "lower"}) == LOWER
     up = compare("params", [("big", {0: 10.0, 1: 11.0, 2: 12.0}, "small", {0: 1.0, 1: 1.5, 2: 2.0})])
     assert up[0].verdict == "higher"  # no better side: the verdict says which way
+
+
+# Every metric a run records (metrics.json, flattened as in results.csv), by the side that is better.
+QUALITY_LOWER = ("gfid", "kid", "rfid", "rkid", "gfid_normalized", "kid_normalized", "rfid_normalized",
+                 "rkid_normalized", "lpips", "baseline_lpips", "val_loss", "per_scale.val_loss.4",
+                 "per_scale.accuracy_gap.1", "peak_memory_mb", "train_peak_memory_mb")
+QUALITY_HIGHER = ("psnr", "ssim", "baseline_psnr", "bit_accuracy", "token_accuracy", "codebook_usage", "bit_entropy",
+                  "per_scale.prefix_psnr.8", "per_scale.bit_entropy.2", "per_scale.codebook_usage.1",
+                  "per_scale.perplexity.3", "per_scale.accuracy_free_running.4", "per_scale.accuracy_teacher_forced.4")
+# counts, settings, spreads, properties of the data and clock figures of a shared machine: never better or worse
+NO_SIDE = ("fid_samples", "kid_std", "rkid_std", "kid_subsets", "kid_subset_size", "lpips_size", "gfid_floor",
+           "gfid_ceiling", "kid_floor", "kid_ceiling", "rfid_floor", "rkid_floor", "fid_reference.count",
+           "fid_reference.limit", "wall_time_s", "eval_time_s", "sampling_time_s", "train_time_s", "train_step_ms",
+           "sample_images_per_s", "train_images_per_s", "cpu_load", "steps", "params", "head_params",
+           "flops_per_step", "label_noise.0.03.index_change", "label_noise.0.03.bit_flip")
+
+
+@pytest.mark.parametrize("metric, side", [*((m, LOWER) for m in QUALITY_LOWER), *((m, HIGHER) for m in QUALITY_HIGHER),
+                                          *((m, NEUTRAL) for m in NO_SIDE)])
+def test_every_quality_metric_has_a_direction_and_counts_and_settings_none(metric, side):
+    assert direction(metric) == side
+
+
+def test_a_count_never_gets_a_better_or_worse_verdict():
+    more = compare("fid_samples", [("big", {0: 2000.0, 1: 2001.0, 2: 2002.0}, "small", {0: 1000.0, 1: 1000.5, 2: 1001.0})],
+                   sign=direction("fid_samples"))
+    assert more[0].verdict == "higher"
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_every_verdict_metric_of_every_suite_has_a_direction(name):
+    suite = config.load_experiment(name)
+    report = config.to_dict(suite["report"])
+    named = list(report.get("verdict_metrics") or []) or list(DEFAULT_VERDICT_METRICS[str(suite["stage"])])
+    overrides = dict(report.get("directions") or {})
+    assert named and all(direction(m, overrides) != NEUTRAL for m in named), named
 
 
 def test_bootstrap_correlation_interval():
@@ -306,7 +422,7 @@ def test_the_sweep_report_has_a_verdicts_table_and_the_floor_and_ceiling(tmp_exp
     out = write_report("syn", args)
     md = (out / "results.md").read_text()
     assert "## Verdicts" in md and "**gfid** (lower is better; Holm over 1 comparison;" in md
-    assert re.search(r"\| bsc \| none \| 3 \| \+50\.0+ \| \[[\d.]+, [\d.]+\] \| [<\d. ]+ \| worse \|", md), md
+    assert re.search(r"\| bsc \| none \| 3 \| \+50\.0+ \| \[[\d.]+, [\d.]+\] \(95 %\) \| [<\d. ]+ \| worse \|", md), md
     assert "**kid**" in md  # the default verdict metrics: gfid and kid
     assert "## Floor and ceiling" in md and "gfid_normalized" in md.split("## Floor and ceiling")[1]
     assert "528,000" in md and "14,926,479,360" in md and "e+" not in md

@@ -4,14 +4,14 @@ Reads every suite's published results (``results/<suite>/results.csv``, written 
 ablations/<suite> --out results/<suite>``) and the quantizer bench (``results/bench/quantizers.json``), and
 decides each finding of ``lab/sweeps/findings_table.py`` with ``lab/core/stats.py``: seed-paired t-intervals, Holm's
 correction over a finding's comparisons, the smallest detectable difference D, a difference of differences for
-an interaction, a percentile-bootstrap interval for a correlation (per loss kind). A suite that has not finished,
+an interaction, a percentile-bootstrap interval for a correlation (per loss kind), two one-sided tests against a
+stated margin for a claim of similarity; each interval printed is the one its verdict used. A suite that has not finished,
 has fewer than 3 seeds, or predates the evaluation protocol of issue 13 is reported as incomplete, never decided
 from part of it. Light at import (the CLI registers it at start-up): scipy and numpy load when it runs.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import fnmatch
 import json
 import math
@@ -19,18 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from lab.sweeps.findings_table import BENCH, FINDINGS, LADDER, MIN_SEEDS, PROTOCOL_COLUMNS, Contrast, Finding
+from lab.sweeps.findings_table import BENCH, FINDINGS, LADDER, MIN_SEEDS, Contrast, Finding
+from lab.sweeps.findings_data import (  # noqa: F401  (read_rows, num, ROOT, LOSS_KINDS: public here as before)
+    FAILED_STATUSES, LOSS_KINDS, ROOT, cell, group_text, groups, loss_kind_of, matches, num, preset_of, read_rows,
+    suite_incomplete,
+)
 from lab.core import stats
 from lab.core.numfmt import decimals_for, fmt, fmt_auto, fmt_p
 from lab.core.registry import ConfigError
 
-ALPHA, POWER = 0.05, 0.8  # as lab/core/stats.py (not imported here: the CLI's start-up stays free of it)
-ROOT = Path(__file__).resolve().parents[2]  # the repository root (as lab/runtime/files.py; not imported: start-up stays light)
-# A run that ended in a recorded failure (out of memory, a diverging loss) is a result of its grid point; a run
-# with any other status has not finished.
-FAILED_STATUSES = ("out_of_memory", "non_finite_loss")
-LOSS_KINDS = {"bitwise": "bit BCE (bitwise head)", "index": "index cross-entropy (index head)",
-              "digits": "level cross-entropy per dimension (digits head)", "masked_bits": "masked-bit BCE (masked_bits head)"}
+ALPHA, POWER = stats.ALPHA, stats.POWER
 REPRODUCED, CONTRADICTED, UNDECIDED = "reproduced", "contradicted", "undecided"
 
 
@@ -51,7 +49,10 @@ class Outcome:
     note: str = ""
     sd: float | None = None              # sd of the per-seed contrasts (D is computed from it once k is known)
     points: list[tuple[float, float]] = field(default_factory=list)   # correlation: (x, y) per run
-    level: float = 1 - ALPHA             # of the interval (a correlation's is Bonferroni-widened)
+    level: float = 1 - ALPHA             # of the interval ``ci``: the one the verdict used
+    interval: str = ""                   # how ``ci`` was adjusted: "Holm", "Bonferroni", "TOST" ("" at 1 - alpha)
+    df: float | None = None              # of the t-interval (to move it to Holm's level)
+    equivalence: stats.Equivalence | None = None   # kind "equivalence": the TOST against the margin
 
 
 @dataclass
@@ -74,106 +75,10 @@ class Decision:
         return REPRODUCED if all(v == REPRODUCED for v in vs) else UNDECIDED
 
 
-# ------------------------------------------------------------------------------------------- reading
-def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        return list(reader.fieldnames or []), list(reader)
-
-
-def num(v: object) -> float | None:
-    try:
-        x = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def suite_incomplete(columns: Sequence[str], rows: Sequence[Mapping[str, str]], stage: str) -> str:
-    """Why a suite's results cannot decide a finding yet ("" when they can): runs not finished, fewer than
-    ``MIN_SEEDS`` seeds in a case, or results from before the evaluation protocol."""
-    reasons = []
-    done = [r for r in rows if r.get("status") == "done"]
-    need = PROTOCOL_COLUMNS.get(stage, ())
-    lacking = [c for c in need if c not in columns or any(num(r.get(c)) is None for r in done)]
-    if lacking:
-        reasons.append(f"not yet rerun under the protocol (no {' / '.join(lacking)} in its results: they predate "
-                       "issue 13's evaluation)")
-    unfinished = [r for r in rows if r.get("status") not in ("done", *FAILED_STATUSES)]
-    if unfinished:
-        reasons.append(f"{len(unfinished)} of {len(rows)} runs not finished")
-    seeds: dict[str, set] = {}
-    for r in done:
-        seeds.setdefault(r["point"], set()).add(r["seed"])
-    fewest = min((len(s) for s in seeds.values()), default=0)
-    if fewest < MIN_SEEDS:
-        reasons.append(f"{fewest} seed{'s' if fewest != 1 else ''} in its smallest case (< {MIN_SEEDS})")
-    return "; ".join(reasons)
-
-
-def preset_of(report: Path) -> str:
-    """The preset a published report names (``Preset `cpu`.``, lab/sweeps/report.py); "" without one."""
-    import re
-
-    if not report.is_file():
-        return ""
-    m = re.search(r"Preset `([\w-]+)`", report.read_text())
-    return m.group(1) if m else ""
-
-
-def _matches(row: Mapping[str, str], where: Mapping[str, str]) -> bool:
-    return all(fnmatch.fnmatchcase(str(row.get(k, "")), pattern) for k, pattern in where.items())
-
-
-def _cell(rows: Sequence[Mapping[str, str]], metric: str, **fixed: str) -> dict[int, float]:
-    """{seed: value} of ``metric`` over the finished rows whose columns equal ``fixed``."""
-    out = {}
-    for r in rows:
-        if r.get("status") == "done" and all(str(r.get(k, "")) == v for k, v in fixed.items()):
-            x = num(r.get(metric))
-            if x is not None:
-                out[int(r["seed"])] = x
-    return out
-
-
-def _groups(rows: Sequence[Mapping[str, str]], within: Sequence[str]) -> list[dict[str, str]]:
-    seen: list[dict[str, str]] = []
-    for r in rows:
-        g = {c: str(r.get(c, "")) for c in within}
-        if g not in seen:
-            seen.append(g)
-    return seen
-
-
-def _group_text(g: Mapping[str, str]) -> str:
-    return ", ".join(f"{k} = {v}" if k != "case" else v for k, v in g.items())
-
-
-def loss_kind_of(rows: Sequence[Mapping[str, str]], suite: str) -> dict[str, list[Mapping[str, str]]]:
-    """Runs grouped by the loss their validation loss is (bit BCE or index cross-entropy): by the ``head.name``
-    column where the suite sweeps the head, else by the head its YAML (or ``base.yaml``) sets for every run."""
-    if any(r.get("head.name") for r in rows):
-        out: dict[str, list] = {}
-        for r in rows:
-            out.setdefault(LOSS_KINDS.get(r["head.name"], f"{r['head.name']} head"), []).append(r)
-        return out
-    head = _yaml_head(ROOT / "experiments" / "ablations" / f"{suite}.yaml") or _yaml_head(ROOT / "experiments" / "base.yaml")
-    return {LOSS_KINDS.get(head or "", f"{head or 'unknown'} head"): list(rows)}
-
-
-def _yaml_head(path: Path) -> str | None:
-    import yaml
-
-    if not path.is_file():
-        return None
-    node = (yaml.safe_load(path.read_text()) or {}).get("head") or {}
-    return node.get("name") if isinstance(node, dict) else None
-
-
 # ------------------------------------------------------------------------------------------- deciding
 def _outcomes(c: Contrast, rows: Sequence[Mapping[str, str]], suite: str) -> tuple[list[Outcome], str]:
     """The contrast's estimates before Holm (verdicts come later) and, when its cases are absent, why."""
-    rows = [r for r in rows if _matches(r, c.where)]
+    rows = [r for r in rows if matches(r, c.where)]
     if c.kind == "correlation":
         out, why = [], []
         for kind, group in loss_kind_of(rows, suite).items():
@@ -187,37 +92,82 @@ def _outcomes(c: Contrast, rows: Sequence[Mapping[str, str]], suite: str) -> tup
             out.append(Outcome(c, kind, n=len(pts), estimate=r, points=pts))
         return out, "; ".join(why)
     out = []
-    for g in _groups(rows, c.within):
+    for g in groups(rows, c.within):
         if c.kind == "within":
-            a, b = _cell(rows, c.metric, **g), _cell(rows, c.other, **g)
+            a, b = cell(rows, c.metric, **g), cell(rows, c.other, **g)
             diffs, dropped = stats.pair_by_seed(a, b)
-        elif c.kind == "paired":
-            a = _cell(rows, c.metric, **g, **{c.axis: c.case})
-            b = _cell(rows, c.metric, **g, **{c.axis: c.baseline})
+        elif c.kind in ("paired", "equivalence"):
+            (case, base), why = _values(rows, c)
+            if why:
+                return [], why
+            a = cell(rows, c.metric, **g, **{c.axis: case})
+            b = cell(rows, c.other or c.metric, **g, **{c.axis: base})  # `other`: a cross-metric contrast (F9)
             diffs, dropped = stats.pair_by_seed(a, b)
         else:  # dod over the smallest and largest value of `over`
             sizes = sorted({str(r.get(c.over, "")) for r in rows}, key=lambda s: LADDER.index(s) if s in LADDER else len(LADDER))
             if len(sizes) < 2:
                 continue
             lo, hi = sizes[0], sizes[-1]
-            cells = [_cell(rows, c.metric, **g, **{c.axis: v, c.over: s}) for s in (hi, lo) for v in (c.case, c.baseline)]
+            cells = [cell(rows, c.metric, **g, **{c.axis: v, c.over: s}) for s in (hi, lo) for v in (c.case, c.baseline)]
             if not all(cells):
                 continue
             est = stats.difference_of_differences(*cells)
-            o = Outcome(c, _group_text({**g, c.over: f"{lo} → {hi}"}), n=est.n, estimate=est.estimate, ci=est.ci,
-                        p=est.p, exact=est.sd == 0, sd=est.sd)
+            o = Outcome(c, group_text({**g, c.over: f"{lo} → {hi}"}), n=est.n, estimate=est.estimate, ci=est.ci,
+                        p=est.p, exact=est.sd == 0, sd=est.sd, df=est.df)
             out.append(o)
             continue
         if not a or not b:
             continue
         est = stats.t_interval(diffs, 1 - ALPHA, dropped)
         mean = lambda d: sum(d.values()) / len(d) if d else None  # noqa: E731
-        o = Outcome(c, _group_text(g), n=est.n, estimate=est.estimate, ci=est.ci, p=est.p, exact=est.sd == 0,
-                    means=(mean(a), mean(b)), note=f"{dropped} unpaired seed(s) dropped" if dropped else "", sd=est.sd)
+        o = Outcome(c, group_text(g), n=est.n, estimate=est.estimate, ci=est.ci, p=est.p, exact=est.sd == 0,
+                    means=(mean(a), mean(b)), note=f"{dropped} unpaired seed(s) dropped" if dropped else "", sd=est.sd,
+                    df=est.df)
+        if c.kind == "equivalence":
+            margin = c.margin * abs(o.means[1]) if c.margin_of_baseline else c.margin
+            o.equivalence = stats.tost(diffs, margin, ALPHA, dropped)
+            o.estimate, o.ci, o.level, o.interval, o.p = o.equivalence.estimate, o.equivalence.ci, o.equivalence.level, "TOST", None
+            o.note = "; ".join(x for x in (o.note, margin_text(c, margin, o.means[1])) if x)
+        o.note = "; ".join(x for x in (o.note, _shown(rows, c, g)) if x)
         out.append(o)
     why = "" if out else (f"{c.case} / {c.baseline} not both in the results" if c.kind != "within"
                           else f"no runs with {c.metric} and {c.other}")
     return out, why
+
+
+def _values(rows: Sequence[Mapping[str, str]], c: Contrast) -> tuple[tuple[str, str], str]:
+    """The ``axis`` values that ``case`` and ``baseline`` name (each may be an fnmatch pattern matching one value,
+    e.g. ``vq-*`` for ``vq-2^12`` at cpu scale and ``vq-2^16`` on GPUs); a non-empty reason when one is ambiguous."""
+    present = list(dict.fromkeys(str(r.get(c.axis, "")) for r in rows))
+    out = []
+    for pattern in (c.case, c.baseline):
+        hits = [v for v in present if v == pattern] or [v for v in present if fnmatch.fnmatchcase(v, pattern)]
+        if len(hits) > 1:
+            return ("", ""), f"{c.axis} = {pattern} matches {', '.join(hits)}: name one"
+        out.append(hits[0] if hits else pattern)
+    return (out[0], out[1]), ""
+
+
+def _shown(rows: Sequence[Mapping[str, str]], c: Contrast, g: Mapping[str, str]) -> str:
+    """The means of ``c.show``'s metrics in the case and the baseline cell (context printed beside the verdict)."""
+    if not c.show:
+        return ""
+    (case, base), why = _values(rows, c)
+    parts = []
+    for m in c.show:
+        for v in (case, base):
+            x = cell(rows, m, **g, **{c.axis: v})
+            if x:
+                parts.append(f"{v}: {m} = {fmt_auto(sum(x.values()) / len(x), 3)}")
+    return ", ".join(parts)
+
+
+def margin_text(c: Contrast, margin: float, baseline_mean: float | None) -> str:
+    """The equivalence margin as the FINDINGS state it."""
+    text = f"equivalence margin ±{fmt_auto(margin, 3)} {c.metric}"
+    if c.margin_of_baseline:
+        text += f" = {100 * c.margin:g} % of {c.baseline}'s mean {c.metric} ({fmt_auto(baseline_mean, 3)})"
+    return text
 
 
 def _slope_outcome(c: Contrast, doc: Mapping) -> tuple[list[Outcome], str]:
@@ -243,19 +193,29 @@ def _slope_outcome(c: Contrast, doc: Mapping) -> tuple[list[Outcome], str]:
     df = se ** 4 / (e1 ** 4 / df1 + e2 ** 4 / df2)
     half = sps.t.ppf(1 - ALPHA / 2, df) * se
     o = Outcome(c, "", n=len(p1) + len(p2), estimate=est, ci=(est - half, est + half),
-                p=float(2 * sps.t.sf(abs(est) / se, df)), note=note)
+                p=float(2 * sps.t.sf(abs(est) / se, df)), note=note, df=df)
     o.d = (sps.t.ppf(1 - ALPHA / 2, df) + sps.t.ppf(POWER, df)) * se  # D from the t quantiles at the slope difference's df
     return [o], ""
 
 
 def _decide(outcomes: list[Outcome]) -> None:
-    """Holm over the finding's comparisons with a p-value; D at alpha / k; bootstrap intervals for correlations
-    at level 1 - alpha / k (Bonferroni: a percentile interval has no p-value to step down)."""
-    tests = [o for o in outcomes if o.contrast.kind != "correlation"]
+    """Holm over the finding's comparisons with a p-value, each interval moved to the level of its Holm step
+    (``stats.holm_levels``: it excludes 0 exactly when Holm rejects); D at alpha / k; bootstrap intervals for
+    correlations at level 1 - alpha / k (Bonferroni: a percentile interval has no p-value to step down); an
+    equivalence by its own TOST at alpha (a different hypothesis, outside the directional contrasts' family)."""
+    for o in outcomes:
+        if o.equivalence is not None:
+            e = o.equivalence
+            o.verdict = REPRODUCED if e.equivalent else CONTRADICTED if e.different else UNDECIDED
+    tests = [o for o in outcomes if o.contrast.kind not in ("correlation", "equivalence")]
     adjusted = stats.holm([o.p for o in tests])
+    levels = stats.holm_levels([o.p for o in tests], ALPHA)
     k_t = sum(o.p is not None for o in tests)
-    for o, p in zip(tests, adjusted):
+    for o, p, level in zip(tests, adjusted, levels):
         o.p_holm = p
+        if level is not None and not o.exact:
+            o.ci = stats.rescale_interval(o.estimate, o.ci, o.df, 1 - ALPHA, level)
+            o.level, o.interval = level, "Holm"
         if o.sd is not None and o.n >= 2:
             o.d = stats.min_detectable_difference(o.sd, o.n, ALPHA / max(1, k_t))
         sign = o.contrast.paper_sign
@@ -272,7 +232,7 @@ def _decide(outcomes: list[Outcome]) -> None:
         level = 1 - ALPHA / max(1, len(corr))
         xs, ys = zip(*o.points)
         c = stats.bootstrap_correlation(xs, ys, level=level)
-        o.ci, o.level = c.ci, level
+        o.ci, o.level, o.interval = c.ci, level, "Bonferroni" if len(corr) > 1 else ""
         o.note = f"{c.n_boot:,} bootstrap resamples, {100 * level:.4g} % interval (Bonferroni over {len(corr)})"
         if o.n > 3:  # |r| a test at alpha / k detects with 80 % power (Fisher's z)
             o.d = math.tanh((sps.norm.ppf(1 - ALPHA / len(corr) / 2) + sps.norm.ppf(POWER)) / math.sqrt(o.n - 3))
@@ -344,17 +304,34 @@ def effect_text(o: Outcome) -> str:
         text += f" (identical in all {o.n} runs)" if o.contrast.kind != "slope" else " (exact fit)"
     elif o.ci:
         text += f" [{signed(o.ci[0])}, {signed(o.ci[1])}]"
-        if abs(o.level - (1 - ALPHA)) > 1e-9:
-            text += f" ({100 * o.level:.4g} % interval)"
+        if abs(o.level - (1 - ALPHA)) > 1e-9 or o.interval == "TOST":
+            text += f" ({o.interval + ' ' if o.interval else ''}{100 * o.level:.4g} % interval)"
     else:
         text += " (no interval)"
     return text
 
 
 def verdict_text(o: Outcome) -> str:
+    e = o.equivalence
+    if e is not None:
+        m = fmt_auto(e.margin, 3)
+        if o.verdict == REPRODUCED:
+            return f"similar (equivalent within ±{m})"
+        if o.verdict == CONTRADICTED:
+            return f"contradicted: differs by more than ±{m}"
+        if e.ci is None:
+            return f"not shown similar (no interval; margin ±{m})"
+        return (f"not shown similar: the {100 * e.level:.4g} % interval is not inside ±{m} (it shows equivalence "
+                f"within ±{fmt_auto(max(abs(e.ci[0]), abs(e.ci[1])), 3)} only)")
     if o.verdict == UNDECIDED and o.d is not None:
         return f"undecided, D = {fmt_auto(o.d, 2)}"
     return o.verdict
+
+
+def paper_sign_text(c: Contrast) -> str:
+    if c.kind == "equivalence":
+        return f"≈ 0 (within ±{100 * c.margin:g} % of the baseline)" if c.margin_of_baseline else f"≈ 0 (within ±{c.margin:g})"
+    return "> 0" if c.paper_sign > 0 else "< 0"
 
 
 def markdown(decisions: Sequence[Decision], results: str = "results") -> str:
@@ -364,18 +341,26 @@ def markdown(decisions: Sequence[Decision], results: str = "results") -> str:
         "`python -m lab report ablations/<suite> --out results/<suite>`) and `results/bench/quantizers.json` "
         "(`make bench`); the findings and their contrasts are declared in `lab/sweeps/findings_table.py`. Do not edit: "
         "rerun the command.", "",
-        "How a verdict is computed: each contrast is an effect with a 95 % interval — a seed-paired t-interval "
+        "How a verdict is computed: each contrast is an effect with an interval — a seed-paired t-interval "
         "(case − baseline over the seeds both have), a difference of differences paired by seed (F4), Pearson r "
-        "with a percentile bootstrap over runs, per loss kind (F7; with several correlations the interval is "
-        "widened to 1 − α / k, Bonferroni), or a least-squares slope (F2). With several "
-        f"contrasts in a finding, p-values are Holm-adjusted over them. **reproduced**: adjusted p < {ALPHA:g} "
+        "with a percentile bootstrap over runs, per loss kind (F7), or a least-squares slope (F2). With several "
+        "contrasts in a finding, p-values are Holm-adjusted over them, and the interval printed is the one the "
+        f"verdict used: the t-interval at the level of the contrast's Holm step, 1 − {ALPHA:g} / m (m = k for the "
+        "smallest p, as Bonferroni; m = k − r at rank r while Holm rejects, and the m of the step where Holm stops "
+        "for every later contrast), which excludes 0 exactly when the adjusted p < "
+        f"{ALPHA:g}; several correlations get the Bonferroni level 1 − α / k. An interval at any level other than "
+        f"95 % says its level. **reproduced**: adjusted p < {ALPHA:g} "
         "and the interval lies on the paper's side of 0; **contradicted**: it lies on the other side (the "
         "interval excludes the paper's direction); **undecided**: the interval contains 0, with D, the smallest "
-        f"true effect the test detects with {POWER:.0%} power at α / k from the observed spread. A finding is "
+        f"true effect the test detects with {POWER:.0%} power at α / k from the observed spread. A claim of "
+        "similarity (F6) is an equivalence question, decided by two one-sided tests (TOST) at α = "
+        f"{ALPHA:g} against a margin stated beside it: **similar** (reproduced) when the {100 * (1 - 2 * ALPHA):g} % "
+        "interval of the seed-paired difference lies inside ±margin, **contradicted** when it lies wholly outside, "
+        "else **not shown similar** with the margin it would show. A finding is "
         "reproduced when all its contrasts are. **incomplete**: its suite has runs not finished, fewer than "
         f"{MIN_SEEDS} seeds, or results from before the evaluation protocol of issue 13 (no KID / normalized "
         "gFID): it is not decided from part of its results.", "",
-        "| # | finding | paper (source) | bitlab: effect [95 % CI] | verdict | suite | command |",
+        "| # | finding | paper (source) | bitlab: effect [the verdict's interval] | verdict | suite | command |",
         "|---|---|---|---|---|---|---|",
     ]
     for d in decisions:
@@ -388,7 +373,9 @@ def markdown(decisions: Sequence[Decision], results: str = "results") -> str:
                                  for o in d.outcomes)
             verdict = f"**{d.verdict}**" + "".join(f"<br>{o.contrast.label}{' (' + o.group + ')' if o.group else ''}: "
                                                     f"{verdict_text(o)}" for o in d.outcomes if len(d.outcomes) > 1)
-            if len(d.outcomes) == 1:
+            if len(d.outcomes) == 1 and d.outcomes[0].equivalence is not None:
+                verdict = f"**{d.verdict}**: {verdict_text(d.outcomes[0])}"
+            elif len(d.outcomes) == 1:
                 verdict = f"**{d.verdict}**" + (f" (D = {verdict_text(d.outcomes[0]).split('D = ')[1]})"
                                                  if "D = " in verdict_text(d.outcomes[0]) else "")
         suite = "`make bench` (quantizers)" if f.suite == BENCH else f"[`{f.suite}`]({f.suite}/report.md)"
@@ -404,14 +391,15 @@ def markdown(decisions: Sequence[Decision], results: str = "results") -> str:
         if d.incomplete:
             lines += [f"**Incomplete**: {d.incomplete}. Not decided.", ""]
             continue
-        lines += ["| contrast | within | n | case | baseline | effect [95 % CI] | paper's sign | Holm p | verdict | note |",
+        lines += ["| contrast | within | n | case | baseline | effect [the verdict's interval] | paper's sign | Holm p | verdict | note |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for o in d.outcomes:
             dec = decimals_for([m for m in o.means if m is not None], 4)
             lines.append("| " + " | ".join([
                 o.contrast.label, o.group or "—", str(o.n), fmt(o.means[0], dec) or "—", fmt(o.means[1], dec) or "—",
-                effect_text(o), "> 0" if o.contrast.paper_sign > 0 else "< 0",
-                fmt_p(o.p_holm) if o.contrast.kind != "correlation" else "—", verdict_text(o), o.note or ""]) + " |")
+                effect_text(o), paper_sign_text(o.contrast),
+                fmt_p(o.p_holm) if o.contrast.kind not in ("correlation", "equivalence") else "—", verdict_text(o),
+                o.note or ""]) + " |")
         lines.append("")
         if d.skipped:
             lines += ["Not in this grid: " + "; ".join(d.skipped) + ".", ""]

@@ -147,6 +147,13 @@ def verdict_text(c: Comparison, decimals: int) -> str:
     return c.verdict
 
 
+def adjusted_interval_text(c: Comparison, decimals: int) -> str:
+    """``[lo, hi] (97.5 %)``: the Holm-adjusted interval the verdict used, with its level ("" without one)."""
+    if c.ci_adjusted is None or c.level is None:
+        return ""
+    return f"[{fmt(c.ci_adjusted[0], decimals)}, {fmt(c.ci_adjusted[1], decimals)}] ({100 * c.level:.4g} %)"
+
+
 def markdown(results: Sequence[MetricVerdicts], baseline: Mapping[str, str]) -> str:
     """The "Verdicts" section of a sweep report."""
     if not results:
@@ -155,9 +162,12 @@ def markdown(results: Sequence[MetricVerdicts], baseline: Mapping[str, str]) -> 
     lines = [
         "## Verdicts", "",
         f"Every case against the baseline ({base_text}), paired by seed (a seed present in only one of the two runs "
-        "is dropped and counted). Difference = case − baseline, mean over the n seed-paired differences with its 95 % "
-        "t-interval over those n differences; p from the paired t-test, Holm-adjusted over the k comparisons of each "
-        f"metric; a case is better / worse when the adjusted p < {ALPHA:g} and the interval excludes 0. Otherwise: "
+        "is dropped and counted). Difference = case − baseline, mean over the n seed-paired differences; p from the "
+        "paired t-test, Holm-adjusted over the k comparisons of each metric. The interval is the one the verdict "
+        f"uses: the t-interval over the n differences at the level of the comparison's Holm step, 1 − {ALPHA:g} / m "
+        "(m = k for the smallest p, as Bonferroni; m = k − r at rank r while Holm rejects, and the m of the step where "
+        f"Holm stops for every comparison from there on; with k = 1 the plain 95 % interval). It excludes 0 exactly "
+        f"when the adjusted p < {ALPHA:g}, and then the case is better / worse. Otherwise: "
         "no difference detected, with D, the smallest true difference a two-sided paired t-test detects with 80 % "
         "power at the observed sd of the paired differences and n seeds"
         f", at α = {ALPHA:g} / k (Holm's strictest step: what one real effect among k comparisons must pass).", ""]
@@ -167,15 +177,15 @@ def markdown(results: Sequence[MetricVerdicts], baseline: Mapping[str, str]) -> 
         lines += [f"**{mv.metric}** ({better}; Holm over {k} comparison{'s' if k != 1 else ''}; t-interval over n "
                   "seed-paired differences)", ""]
         free = list(mv.groups[0]) if mv.groups else []
-        head = [", ".join(baseline), "baseline", *(f"within {a}" for a in free), "n pairs", "difference", "95 % CI",
-                "Holm p", "verdict"]
+        head = [", ".join(baseline), "baseline", *(f"within {a}" for a in free), "n pairs", "difference",
+                "Holm-adjusted CI (level)", "Holm p", "verdict"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         dec = decimals_for([c.test.estimate for c in mv.comparisons]
-                           + [x for c in mv.comparisons if c.test.ci for x in c.test.ci], 3)
+                           + [x for c in mv.comparisons if c.ci_adjusted for x in c.ci_adjusted], 3)
         for c, group in zip(mv.comparisons, mv.groups):
             t = c.test
             n = f"{t.n}" + (f" ({t.dropped} dropped)" if t.dropped else "")
-            ci = f"[{fmt(t.ci[0], dec)}, {fmt(t.ci[1], dec)}]" if t.ci else ("1 seed" if t.n == 1 else "—")
+            ci = adjusted_interval_text(c, dec) or ("1 seed" if t.n == 1 else "—")
             diff = fmt(t.estimate, dec)
             if diff and t.estimate is not None and t.estimate > 0:
                 diff = "+" + diff
