@@ -36,7 +36,7 @@ from lab.runtime.machine import metrics_record, resolve_precision, resolve_run_s
 from lab.runtime.safety import load_checkpoint
 from lab.runtime.signals import Interruption
 from lab.runtime.trainer import cpu_load, timer_of
-from lab.stages.common import (build_datamodule, build_trainer, check_checkpoint_matches, eval_device, log_final,
+from lab.stages.common import (begin_resume, build_datamodule, build_trainer, eval_device, log_final,
                                make_run_dir, seed_all, step_flops, summary, write_metrics)
 from lab.stages.tokenizer import run_tokenizer
 from lab.train.generator import GeneratorModule
@@ -332,9 +332,7 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
         (run_dir / "tokenizer.txt").write_text(str(tdir) + "\n")
     reset_peak_memory()
     t0 = time.time()
-    ckpt = run_dir / "checkpoints" / "last.ckpt" if resuming else None
-    if ckpt:
-        check_checkpoint_matches(module, ckpt)
+    ckpt = begin_resume(module, cfg, run_dir) if resuming else None
     trainer = build_trainer(cfg, run_dir, [Interruption(run_dir)])  # SIGTERM / SIGINT: checkpoint, clean exit
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     train_time = time.time() - t0

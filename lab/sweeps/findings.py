@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import csv
 import fnmatch
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from lab.sweeps.findings_table import BENCH, FINDINGS, LADDER, MIN_SEEDS, PROTOC
 from lab.core import stats
 from lab.core.numfmt import decimals_for, fmt, fmt_auto, fmt_p
 from lab.core.registry import ConfigError
+from lab.runtime.files import read_data
 
 ALPHA, POWER = 0.05, 0.8  # as lab/core/stats.py (not imported here: the CLI's start-up stays free of it)
 ROOT = Path(__file__).resolve().parents[2]  # the repository root (as lab/runtime/files.py; not imported: start-up stays light)
@@ -161,11 +161,9 @@ def loss_kind_of(rows: Sequence[Mapping[str, str]], suite: str) -> dict[str, lis
 
 
 def _yaml_head(path: Path) -> str | None:
-    import yaml
-
     if not path.is_file():
         return None
-    node = (yaml.safe_load(path.read_text()) or {}).get("head") or {}
+    node = read_data(path).get("head") or {}
     return node.get("name") if isinstance(node, dict) else None
 
 
@@ -287,7 +285,7 @@ def decide(finding: Finding, results: Path) -> Decision:
         if not path.is_file():
             dec.incomplete = f"no {path.relative_to(results.parent) if results.parent in path.parents else path}: run `make bench`"
             return dec
-        doc = json.loads(path.read_text())
+        doc = read_data(path)
         if doc.get("header", {}).get("quick"):
             dec.incomplete = "the bench was run with --quick (tiny sizes): run the full `make bench`"
             return dec

@@ -4,7 +4,6 @@ and the plots. ``python -m lab report NAME`` rebuilds them."""
 from __future__ import annotations
 
 import csv
-import json
 import os
 import platform
 import sys
@@ -20,7 +19,7 @@ from lab.sweeps.plan import DEFAULT_METRICS, FAILED, FIXED_COLUMNS, Job, plan
 from lab.config import header_comment
 from lab.core.numfmt import as_number, fmt_duration
 from lab.core.stats import HIGHER, LOWER, NEUTRAL, bootstrap_correlation, direction, mean_std
-from lab.runtime.files import runs_root
+from lab.runtime.files import read_data, runs_root
 from lab.runtime.runlock import check_not_stale
 from lab.sweeps.findings import LOSS_KINDS
 from lab.sweeps.plots import make_plots
@@ -56,9 +55,9 @@ def collect(suite: DictConfig, jobs: Sequence[Job]) -> list[dict]:
         mpath = job.run_dir / "metrics.json"
         if mpath.is_file():
             row["status"] = "done"
-            row.update(flatten_metrics(json.loads(mpath.read_text())))
+            row.update(flatten_metrics(read_data(mpath)))
         elif (job.run_dir / FAILED).is_file():
-            info = json.loads((job.run_dir / FAILED).read_text())
+            info = read_data(job.run_dir / FAILED)
             row["status"] = info.get("status", "failed")
             row["error"] = info.get("error", "")
         else:
@@ -228,7 +227,7 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
     wall = sum(as_number(r.get("wall_time_s")) or 0.0 for r in done)
     manifest = {}
     if (sweep_dir / "sweep.json").is_file():
-        manifest = json.loads((sweep_dir / "sweep.json").read_text())
+        manifest = read_data(sweep_dir / "sweep.json")
 
     header = header_comment(name)
     md = [f"# {suite['name']}", ""]
