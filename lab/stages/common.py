@@ -27,6 +27,7 @@ from lab.runtime.files import atomic_write, process_rank, runs_root
 from lab.runtime.machine import resolve_precision
 from lab.runtime.runlock import check_resume, lock_run, record_resume
 from lab.runtime.safety import load_checkpoint
+from lab.runtime.signals import TRAINED
 from lab.runtime.tracking import build_loggers
 from lab.runtime.tracking import log_final as log_to_loggers
 from lab.runtime.trainer import AtomicCheckpointIO, StepTimer, share_cpu_threads, warn_if_cpu_busy
@@ -156,6 +157,7 @@ def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:
     atomic_write(run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2, default=float)))
+    TRAINED.clear()  # evaluated: a signal from here on does not stop this run's evaluation (lab/runtime/signals.py)
 
 
 HEADLINE = ("psnr", "ssim", "lpips", "rfid", "bit_entropy", "codebook_usage", "baseline_psnr", "baseline_lpips",

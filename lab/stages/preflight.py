@@ -86,6 +86,14 @@ def check_data(cfg: Any) -> list[str]:
         raise ConfigError(f"fashion_mnist: the IDX files are not in {kw['root']} (data.root), and HF_HUB_OFFLINE=1 "
                           "forbids the download. Install them (`apt-get install dataset-fashion-mnist`), set "
                           "data.root to the folder holding them, or allow the hub (HF_HUB_OFFLINE=0).")
+    empty = [s for s, n in (sizes or {}).items() if n == 0]
+    if empty:  # (ImageDataModule.setup says the same after a build)
+        raise ConfigError(
+            f"data {to_dict(cfg['data'])}: the {' and '.join(empty)} split is empty (train {sizes['train']}, "
+            f"validation {sizes['validation']} images): the dataset is too small to hold both a training and a "
+            "validation split. Add images, raise data.val_fraction (the share of images held out for validation), "
+            "or raise data.limit."
+        )
     fid = int(cfg["eval"]["fid_samples"])
     if fid <= 0:
         return []
