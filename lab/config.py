@@ -223,6 +223,47 @@ def _check_eval(ev: Mapping[str, Any]) -> None:
                               "100 subsets of 1000 images).")
 
 
+# keys a run sets itself: a value given for one would be ignored without a word
+RESERVED = {"name": "the experiment's path names it (python -m lab run NAME); to keep a variant's runs apart give "
+                    "runs_dir=... or run_id=..., or copy the YAML under a new name",
+            "resolved": "each run writes there what the `auto` settings became on this machine"}
+
+
+def _refuse_reserved(keys: Mapping, source: str) -> None:
+    for key, why in RESERVED.items():
+        if key in keys:
+            raise ConfigError(f"{key}={keys[key]!r} is set in {source}, but {key} is not a key to set: {why}. "
+                              "Remove it.")
+
+
+def check_image_size(cfg: Mapping) -> None:
+    """loader.image_size against the tokenizer: the encoder divides it by 2^(len(channel_mult) - 1), and that latent
+    must be the last (finest) of tokenizer.scales (lab/models/tokenizer.py ``check_image_size``)."""
+    import inspect
+
+    from lab.models.tokenizer import Tokenizer
+
+    defaults = {k: p.default for k, p in inspect.signature(Tokenizer).parameters.items()}
+    tok = {**defaults, **(cfg.get("tokenizer") or {})}
+    size, down, scales = cfg["loader"]["image_size"], 2 ** (len(tok["channel_mult"]) - 1), list(tok["scales"])
+    fits = scales[-1] * down
+    if size % down:
+        raise ConfigError(
+            f"loader.image_size={size} does not fit the tokenizer: it downsamples {down}x (tokenizer.channel_mult="
+            f"{list(tok['channel_mult'])}), so the image size must be a multiple of {down}, and its finest scale "
+            f"(tokenizer.scales={scales}) is {scales[-1]}, which needs {fits}x{fits} images. Set "
+            f"loader.image_size={fits}."
+        )
+    if size // down != scales[-1]:
+        raise ConfigError(
+            f"loader.image_size={size} does not fit the tokenizer: its {len(tok['channel_mult'])} levels "
+            f"(tokenizer.channel_mult={list(tok['channel_mult'])}) downsample {down}x, and its finest scale "
+            f"(tokenizer.scales={scales}) is {scales[-1]}, so the images must be {fits}x{fits}. Set "
+            f"loader.image_size={fits}, or end tokenizer.scales at {size // down} (e.g. tokenizer.scales="
+            f"[{','.join(map(str, [s for s in scales if s < size // down] + [size // down]))}])."
+        )
+
+
 def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | None = None,
                     layer_source: str = "the sweep", validate: bool = True) -> DictConfig:
     """Resolved, validated, read-only-structure config for experiment ``name`` (path under experiments/).
@@ -243,6 +284,8 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
     layer = upgrade_renamed(layer, layer_source) if layer else layer
     _check_known(base, exp, str(path.relative_to(EXPERIMENTS.parent)))
     _check_known(base, cli, "the command line")
+    _refuse_reserved(exp, str(path.relative_to(EXPERIMENTS.parent)))
+    _refuse_reserved(cli, "the command line")
     cfg = merge(merge(base, exp), cli)
     if layer:
         _check_known(base, layer, layer_source)
@@ -267,6 +310,7 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
     check_ranges(cfg)
     if validate:  # (these import torch)
         _check_eval(cfg.get("eval") or {})
+        check_image_size(cfg)
         from lab.runtime.machine import resolve_layout
 
         resolve_layout(cfg["trainer"], cfg["loader"])  # devices: auto / global_batch_size problems, before any run

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from lab.config import load_experiment
 from lab.core.registry import to_dict
 from lab.runtime.machine import bf16_speedup, cpu_processes, resolve_precision, usable_cores
+from lab.runtime.workers import reap
 from lab.stages.common import build_datamodule
 from lab.train.generator import GeneratorModule
 from lab.train.modules import TokenizerModule
@@ -177,17 +178,18 @@ def _spawned(world: int, stage: str, size: str, batch: int, s: Settings, budget:
     port = _free_port()
     procs = [ctx.Process(target=_child, args=(r, world, port, stage, size, batch, s, budget, queue), daemon=True)
              for r in range(world)]
-    for p in procs:
-        p.start()
     deadline = 120 + 4 * budget  # start-up (imports, data, model) + two precisions of warm-up and budget
     try:
-        out = queue.get(timeout=deadline)
-    except Exception:  # noqa: BLE001 - queue.Empty: over the deadline
-        out = {"error": f"no result within {deadline:.0f} s"}
-    for p in procs:
-        p.join(timeout=10)
-        if p.is_alive():
-            p.kill()
+        for p in procs:
+            p.start()
+        try:
+            out = queue.get(timeout=deadline)
+        except Exception:  # noqa: BLE001 - queue.Empty: over the deadline
+            out = {"error": f"no result within {deadline:.0f} s"}
+        for p in procs:
+            p.join(timeout=10)
+    finally:  # also on a signal here: no process outlives the bench (lab/runtime/workers.py)
+        reap([p for p in procs if p.pid is not None])
     return out
 
 

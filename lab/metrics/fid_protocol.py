@@ -328,8 +328,9 @@ def check_eval_size(fid_samples: int, available: int, split: str = "validation")
     if 0 < int(fid_samples) and n < MIN_SAMPLES:
         raise ConfigError(
             f"eval.fid_samples={fid_samples} with a {split} split of {available} images gives FID/KID over {n} "
-            f"images; at least {MIN_SAMPLES} are needed (2048 for a full-rank FID). Raise eval.fid_samples (or the "
-            "data's limit), or set eval.fid_samples=0 to skip FID."
+            f"images; at least {MIN_SAMPLES} are needed (2048 for a full-rank FID), and a larger eval.fid_samples "
+            f"cannot add {split} images. Hold out more images for {split}: raise data.val_fraction (the share held "
+            "out, e.g. data.val_fraction=0.2) or data.limit (when set), or set eval.fid_samples=0 to skip FID."
         )
 
 

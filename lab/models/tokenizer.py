@@ -137,7 +137,7 @@ class Tokenizer(nn.Module):
             raise ValueError(
                 f"image size {size} with {self.downsample}x downsampling gives a {size // self.downsample}x"
                 f"{size // self.downsample} latent, but the last scale is {self.msq.size}: set tokenizer.scales "
-                f"to end at {size // self.downsample} or change data.size / tokenizer.channel_mult."
+                f"to end at {size // self.downsample} or change loader.image_size / tokenizer.channel_mult."
             )
 
     def _layout(self, x: Tensor) -> Tensor:

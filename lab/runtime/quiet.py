@@ -30,7 +30,7 @@ HARMLESS_WARNINGS = (
     r".*does not have many workers which may be a bottleneck",
     # a resumed run writes its checkpoints into its own directory again (a new run never reuses one: lab/stages/run.py)
     r"Checkpoint directory .* exists and is not empty",
-    # our EpochSampler resumes mid-epoch exactly, which Lightning cannot see (lab/data/datasets.py)
+    # our EpochSampler resumes mid-epoch exactly, which Lightning cannot see (lab/data/sampler.py)
     r".*resuming from a checkpoint that ended before the epoch ended",
 )
 

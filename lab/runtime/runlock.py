@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 from lab.core.registry import ConfigError
 from lab.core.registry import save_config, to_dict, upgrade_renamed
-from lab.runtime.files import process_rank
+from lab.runtime.files import data_file_error, process_rank, read_data
 
 _HELD: dict[Path, int] = {}  # lock file -> open descriptor holding its flock, in this process
 
@@ -152,14 +152,24 @@ def config_differences(old: Mapping, new: Mapping, allow: tuple[str, ...] = ()) 
 
 
 def read_config(path: Path) -> dict:
-    """A run's recorded config.yaml, with the keys renamed since it was written under their new names."""
-    return upgrade_renamed(OmegaConf.to_container(OmegaConf.load(path), resolve=True), str(path), note=False)
+    """A run's recorded config.yaml, with the keys renamed since it was written under their new names. A file that
+    is not a plain YAML mapping (a ``!!python`` tag, truncated) is one ConfigError paragraph naming it."""
+    read_data(path, fix=CONFIG_FIX)  # the safe loader's verdict first: nothing of a tagged file is built
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # (OmegaConf's own number syntax)
+    except Exception as e:  # noqa: BLE001 - an interpolation that does not resolve, ...
+        raise data_file_error(path, e, CONFIG_FIX) from None
+    return upgrade_renamed(data, str(path), note=False)
+
+
+CONFIG_FIX = ("It is the run's record of its configuration: restore it (resumes.json keeps the previous one of a "
+              "resumed run), or move the run aside and start a new one.")
 
 
 def check_resume(cfg: Any, run_dir: Path) -> None:
     """Refuse a resume of ``run_dir`` by a command whose config changes the result (see the module docstring).
-    Allowed changes are recorded in ``resumes.json`` and ``config.yaml`` is brought up to date (the old one is
-    kept in ``resumes.json``); a finished run's ``metrics.json`` is kept as ``metrics.<steps>-steps.json``."""
+    Reads only (config.yaml, resumes.json, whether metrics.json exists): ``record_resume`` makes the changes once
+    every check of the resume has passed, so a refused resume leaves the run as it was."""
     new = to_dict(cfg)
     if str(new.get("name", "")).startswith("_tokenizers/"):
         return  # a tokenizer cache entry: its directory name is the hash of everything that defines it
@@ -188,15 +198,29 @@ def check_resume(cfg: Any, run_dir: Path) -> None:
             "there is nothing to resume, and its results are kept. To train it further on purpose, give more steps "
             f"and allow it: trainer.max_steps=N (> {old_steps}) resume_allow=[trainer.max_steps]."
         )
+    if changed and (run_dir / "resumes.json").is_file():
+        read_data(run_dir / "resumes.json", expect=list)  # appended to by record_resume: readable before anything
+
+
+def record_resume(cfg: Any, run_dir: Path) -> None:
+    """After ``check_resume`` and the checkpoint's check: allowed changes are recorded in ``resumes.json`` and
+    ``config.yaml`` is brought up to date (the old one is kept in ``resumes.json``); a finished run's
+    ``metrics.json`` is kept as ``metrics.<steps>-steps.json``. Rank 0 only."""
+    new = to_dict(cfg)
+    if process_rank() > 0 or str(new.get("name", "")).startswith("_tokenizers/"):
+        return
+    cfg_path = run_dir / "config.yaml"
+    old = read_config(cfg_path)
+    changed = config_differences(old, new)
     if not changed:
         return
-
-    if process_rank() > 0:
-        return
+    allow = tuple(str(k) for k in (new.get("resume_allow") or []))
+    finished = (run_dir / "metrics.json").is_file()
+    old_steps = flatten(old).get("trainer.max_steps")
     if finished:  # kept, never overwritten by the extended run's
         (run_dir / "metrics.json").rename(run_dir / f"metrics.{old_steps}-steps.json")
     log_path = run_dir / "resumes.json"
-    log = json.loads(log_path.read_text()) if log_path.is_file() else []
+    log = read_data(log_path, expect=list) if log_path.is_file() else []
     log.append({"time": datetime.now().isoformat(timespec="seconds"), "allowed": list(allow), "changed": changed,
                 "previous_config": old, "previous_metrics": f"metrics.{old_steps}-steps.json" if finished else None})
     log_path.write_text(json.dumps(log, indent=2, default=str))

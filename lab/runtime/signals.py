@@ -17,6 +17,8 @@ from typing import Any
 
 # What stopped, for the message of lab/__main__.py: signal name, run directory, step of the checkpoint.
 STOPPED: dict[str, Any] = {}
+# The run whose training ended normally (run directory, step): a signal after it stops the final evaluation only.
+TRAINED: dict[str, Any] = {}
 _IN_FIT = [False]
 
 
@@ -48,6 +50,7 @@ def Interruption(run_dir: Path):  # noqa: N802 - a callback class, built on firs
 
         def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             _IN_FIT[0] = True
+            TRAINED.clear()
             connector = getattr(trainer, "_signal_connector", None)
             if connector is None or not hasattr(connector, "received_sigterm"):
                 return
@@ -81,6 +84,7 @@ def Interruption(run_dir: Path):  # noqa: N802 - a callback class, built on firs
 
         def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             _IN_FIT[0] = False
+            TRAINED.update(run_dir=self.run_dir, step=int(trainer.global_step))
 
         def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
             from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -116,6 +120,13 @@ def resume_hint(command: str, overrides: list[str], is_sweep: bool) -> str:
     if is_sweep:
         cmd = " ".join(["python -m lab run", command, *map(shlex.quote, overrides)])
         return f"interrupted ({sig});{where} resume with resume=true: rerun `{cmd}` (a sweep resumes its unfinished runs)."
+    trained = TRAINED.get("run_dir")
+    if run_dir is None and trained is not None and (Path(trained) / "checkpoints" / "last.ckpt").is_file():
+        cmd = " ".join(["python -m lab run", command, *map(shlex.quote, keep), f"run_id={Path(trained).name}",
+                        "resume=true"])
+        return (f"interrupted ({sig}) after training, during the final evaluation: {trained} trained to step "
+                f"{TRAINED.get('step')} and its checkpoints are kept; only the evaluation (metrics.json) was lost. "
+                f"Evaluate it with `{cmd}`.")
     if run_dir is None or step is None:
         return f"interrupted ({sig}) before a checkpoint was written; resume with resume=true once one exists, or start again."
     cmd = " ".join(["python -m lab run", command, *map(shlex.quote, keep), f"run_id={Path(run_dir).name}", "resume=true"])

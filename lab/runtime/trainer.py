@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from lab.runtime.files import atomic_write
+from lab.runtime.files import atomic_write, process_rank
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -62,9 +62,17 @@ def cpu_load() -> float:
         return float("nan")
 
 
+_CPU_NOTE_SHOWN = [False]
+
+
 def warn_if_cpu_busy(trainer_kw: dict) -> None:
+    """A note when the CPU is busy before a CPU run: once per command (a generator run builds two Trainers), and by
+    rank 0 alone (the other ranks of a multi-process run would each repeat it)."""
+    if _CPU_NOTE_SHOWN[0] or process_rank() > 0:
+        return
     load = cpu_load()
     if trainer_kw.get("accelerator", "cpu") == "cpu" and load > 0.75:  # (nan where there is no load average)
+        _CPU_NOTE_SHOWN[0] = True
         print(f"note: the CPU is already busy (1-minute load {load * (os.cpu_count() or 1):.1f} on {os.cpu_count()} cores). Two torch jobs "
               "that each use every core slow each other down several-fold; run one at a time, or give each "
               "OMP_NUM_THREADS=1. Timings of this run will not be comparable to an idle machine's.", flush=True)

@@ -25,13 +25,14 @@ from lab.quantizers.base import local_statistics
 from lab.runtime import quiet
 from lab.runtime.files import atomic_write, process_rank, runs_root
 from lab.runtime.machine import resolve_precision
-from lab.runtime.runlock import check_resume, lock_run
+from lab.runtime.runlock import check_resume, lock_run, record_resume
 from lab.runtime.safety import load_checkpoint
+from lab.runtime.signals import TRAINED
 from lab.runtime.tracking import build_loggers
 from lab.runtime.tracking import log_final as log_to_loggers
 from lab.runtime.trainer import AtomicCheckpointIO, StepTimer, share_cpu_threads, warn_if_cpu_busy
 
-# Our EpochSampler (lab/data/datasets.py) resumes mid-epoch exactly, which Lightning cannot see: silence its warning.
+# Our EpochSampler (lab/data/sampler.py) resumes mid-epoch exactly, which Lightning cannot see: silence its warning.
 warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch ended.*")
 
 
@@ -52,20 +53,30 @@ def make_run_dir(cfg: Any) -> tuple[Path, bool]:
     return run_dir, resuming
 
 
+def resume_dir(cfg: Any) -> Path:
+    """The run ``resume=true`` continues (``run_id``, else the latest with a checkpoint); reads only."""
+    base = runs_root(cfg) / cfg["name"]
+    if cfg["run_id"]:
+        run_dir = base / str(cfg["run_id"])
+    else:
+        candidates = sorted(p.parent.parent for p in base.glob("*/checkpoints/last.ckpt"))
+        if not candidates:
+            raise ConfigError(f"resume=true but no run of '{cfg['name']}' has a checkpoint under {base}/*/checkpoints/"
+                              "last.ckpt: there is nothing to resume. Drop resume=true to start a new run.")
+        run_dir = max(candidates, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime)
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        what = "does not exist" if not run_dir.exists() else "has no checkpoints/last.ckpt"
+        raise ConfigError(f"resume=true but the run {run_dir} {what}, so there is nothing to resume. Check run_id "
+                          "(and runs_dir), or drop resume=true to start a new run.")
+    return run_dir
+
+
 def _make_run_dir(cfg: Any) -> tuple[Path, bool]:
     base = runs_root(cfg) / cfg["name"]
     if cfg["resume"]:
-        if cfg["run_id"]:
-            run_dir = base / str(cfg["run_id"])
-        else:
-            candidates = sorted(p.parent.parent for p in base.glob("*/checkpoints/last.ckpt"))
-            if not candidates:
-                raise ConfigError(f"resume=true but no run of '{cfg['name']}' has a checkpoint under {base}/*/checkpoints/last.ckpt.")
-            run_dir = max(candidates, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime)
-        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-            raise ConfigError(f"resume=true but {run_dir}/checkpoints/last.ckpt does not exist.")
+        run_dir = resume_dir(cfg)
         lock_run(run_dir)  # held until the run ends: a second resume of it (or a sweep) is refused meanwhile
-        check_resume(cfg, run_dir)
+        check_resume(cfg, run_dir)  # reads only: the stage records the resume once the checkpoint matches too
         return run_dir, True
     run_id = cfg["run_id"] or f"{datetime.now():%Y%m%d-%H%M%S}-s{cfg['seed']}"
     run_dir = base / str(run_id)
@@ -78,6 +89,15 @@ def _make_run_dir(cfg: Any) -> tuple[Path, bool]:
     run_dir.mkdir(parents=True)
     lock_run(run_dir)
     return run_dir, False
+
+
+def begin_resume(module: pl.LightningModule, cfg: Any, run_dir: Path) -> Path:
+    """The last check of a resume (the checkpoint fits the model), then its record in the run (resumes.json,
+    config.yaml, a finished run's metrics.json kept aside): a refused resume changes nothing. -> last.ckpt"""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    check_checkpoint_matches(module, ckpt)
+    record_resume(cfg, run_dir)
+    return ckpt
 
 
 def check_checkpoint_matches(module: pl.LightningModule, ckpt: Path) -> None:
@@ -137,6 +157,7 @@ def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:
     atomic_write(run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2, default=float)))
+    TRAINED.clear()  # evaluated: a signal from here on does not stop this run's evaluation (lab/runtime/signals.py)
 
 
 HEADLINE = ("psnr", "ssim", "lpips", "rfid", "rkid", "bit_entropy", "codebook_usage", "baseline_psnr", "baseline_lpips",

@@ -38,7 +38,7 @@ from lab.runtime.machine import metrics_record, resolve_precision, resolve_run_s
 from lab.runtime.safety import load_checkpoint
 from lab.runtime.signals import Interruption
 from lab.runtime.trainer import cpu_load, timer_of
-from lab.stages.common import (build_datamodule, build_trainer, check_checkpoint_matches, eval_device, log_final,
+from lab.stages.common import (begin_resume, build_datamodule, build_trainer, eval_device, log_final,
                                make_run_dir, seed_all, step_flops, summary, write_metrics)
 from lab.stages.tokenizer import run_tokenizer
 from lab.train.generator import GeneratorModule
@@ -75,14 +75,20 @@ def tokenizer_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(d)
 
 
-def checkpoint_in(path: Path) -> Path:
-    """The checkpoint a path names: the file itself, or a run directory's best (else last) checkpoint."""
+def checkpoint_in(path: Path, key: str = "tokenizer_from=", fix: str = "") -> Path:
+    """The checkpoint a path names: the file itself, or a run directory's best (else last) checkpoint. ``key``:
+    how the user gave the path (``tokenizer_from=``; the sample command's RUN_DIR argument: ``""``)."""
     if path.is_file():
         return path
     for name in ("best.ckpt", "last.ckpt"):
         if (path / "checkpoints" / name).is_file():
             return path / "checkpoints" / name
-    raise ConfigError(f"tokenizer_from={path}: no checkpoint there (looked for the file itself and {path}/checkpoints/best.ckpt, last.ckpt).")
+    raise ConfigError(f"{key}{path}: no checkpoint there (looked for the file itself and {path}/checkpoints/best.ckpt, "
+                      f"last.ckpt).{' ' + fix if fix else ''}")
+
+
+SAMPLE_FIX = ("Give a generator run directory (runs/<NAME>/<run-id>, of a run that has trained) or one of its "
+              "checkpoints (.ckpt).")
 
 
 def load_tokenizer(path: str | Path):
@@ -102,7 +108,7 @@ def load_tokenizer(path: str | Path):
 
 def load_generator(run_dir: Path):
     """(GeneratorModule in eval mode, its config) from a generator run directory or checkpoint."""
-    ckpt_path = checkpoint_in(Path(run_dir))
+    ckpt_path = checkpoint_in(Path(run_dir), "", SAMPLE_FIX)
     ckpt = load_checkpoint(ckpt_path)  # weights_only: a crafted file is refused before any of it runs
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     if not isinstance(hp, dict) or not isinstance(hp.get("cfg"), dict) or hp["cfg"].get("stage") != "generator":
@@ -117,12 +123,19 @@ def load_generator(run_dir: Path):
     return module.eval(), cfg
 
 
+def tokenizer_from(cfg: Any) -> Path:
+    """``tokenizer_from``'s path, which must hold a checkpoint (the file itself, or a run directory's)."""
+    path = Path(cfg["tokenizer_from"])
+    if not path.exists():
+        raise ConfigError(f"tokenizer_from={path} does not exist. Give a tokenizer checkpoint (.ckpt) or run directory, or null to train one.")
+    checkpoint_in(path)
+    return path
+
+
 def resolve_tokenizer(cfg: DictConfig):
     """(TokenizerModule, its directory): from ``tokenizer_from``, the cache, or by training it now."""
     if cfg["tokenizer_from"]:
-        path = Path(cfg["tokenizer_from"])
-        if not path.exists():
-            raise ConfigError(f"tokenizer_from={path} does not exist. Give a tokenizer checkpoint (.ckpt) or run directory, or null to train one.")
+        path = tokenizer_from(cfg)
         module = load_tokenizer(path)
         theirs, ours = to_dict(module.cfg["quantizer"]), to_dict(cfg["quantizer"])
         if theirs != ours:
@@ -369,6 +382,8 @@ def preflight(cfg: DictConfig) -> None:
     build_head(to_dict(cfg["head"]), width=width, code_kind=q.code_kind, bits=q.bits, vocab_size=q.vocab_size,
                levels=getattr(q, "levels", None))
     check_compatible(build(CORRECTIONS, to_dict(cfg["correction"]), "correction"), q.code_kind, str(cfg["quantizer"]["name"]))
+    if cfg["tokenizer_from"]:
+        tokenizer_from(cfg)
 
 
 def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
@@ -391,9 +406,7 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
         (run_dir / "tokenizer.txt").write_text(str(tdir) + "\n")
     reset_peak_memory()
     t0 = time.time()
-    ckpt = run_dir / "checkpoints" / "last.ckpt" if resuming else None
-    if ckpt:
-        check_checkpoint_matches(module, ckpt)
+    ckpt = begin_resume(module, cfg, run_dir) if resuming else None
     trainer = build_trainer(cfg, run_dir, [Interruption(run_dir)])  # SIGTERM / SIGINT: checkpoint, clean exit
     phase(f"training the generator: {cfg['trainer']['max_steps']:,} steps -> {run_dir}")
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)

@@ -14,11 +14,14 @@ from lab.runtime.runlock import released_after
 from lab.runtime.trainer import cpu_load, share_cpu_threads  # noqa: F401 (re-exported)
 from lab.stages.common import build_datamodule, build_trainer, make_run_dir  # noqa: F401 (re-exported)
 from lab.stages.generator import run_generator
+from lab.stages.preflight import check_run
 from lab.stages.tokenizer import run_tokenizer
 
 
 def run_experiment(cfg: DictConfig) -> tuple[Path, dict]:
-    """Train and evaluate one run of ``cfg``; return (run directory, final metrics)."""
+    """Train and evaluate one run of ``cfg``; return (run directory, final metrics). Every check that needs no
+    training (lab/stages/preflight.py) comes first, before the data, a model or any file."""
+    check_run(cfg)
     with released_after():  # the run's lock (lab/runtime/runlock.py) is held until here
         if cfg["stage"] == "generator":
             return run_generator(cfg)

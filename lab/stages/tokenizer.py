@@ -20,7 +20,7 @@ from lab.runtime.files import process_rank
 from lab.runtime.machine import metrics_record, resolve_run_settings
 from lab.runtime.signals import Interruption
 from lab.runtime.trainer import cpu_load, timer_of
-from lab.stages.common import (build_datamodule, build_trainer, check_checkpoint_matches, eval_device, log_final,
+from lab.stages.common import (begin_resume, build_datamodule, build_trainer, eval_device, log_final,
                                make_run_dir, seed_all, step_flops, summary, write_metrics)
 from lab.runtime.progress import phase
 from lab.train.modules import TokenizerModule, image_grid
@@ -41,9 +41,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
         save_config(cfg, run_dir / "config.yaml")
     reset_peak_memory()
     t0 = time.time()
-    ckpt = str(run_dir / "checkpoints" / "last.ckpt") if resuming else None
-    if ckpt:
-        check_checkpoint_matches(module, Path(ckpt))
+    ckpt = str(begin_resume(module, cfg, run_dir)) if resuming else None
     trainer = build_trainer(cfg, run_dir, [Interruption(run_dir)])  # SIGTERM / SIGINT: checkpoint, clean exit
     phase(f"training the tokenizer: {cfg['trainer']['max_steps']:,} steps -> {run_dir}")
     with warnings.catch_warnings():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from lab.sweeps.findings_data import (  # noqa: F401  (read_rows, num, ROOT, LOS
 from lab.core import stats
 from lab.core.numfmt import decimals_for, fmt, fmt_auto, fmt_p
 from lab.core.registry import ConfigError
+from lab.runtime.files import read_data
 
 ALPHA, POWER = stats.ALPHA, stats.POWER
 REPRODUCED, CONTRADICTED, UNDECIDED = "reproduced", "contradicted", "undecided"
@@ -248,7 +248,7 @@ def decide(finding: Finding, results: Path) -> Decision:
         if not path.is_file():
             dec.incomplete = f"no {path.relative_to(results.parent) if results.parent in path.parents else path}: run `make bench`"
             return dec
-        doc = json.loads(path.read_text())
+        doc = read_data(path)
         if doc.get("header", {}).get("quick"):
             dec.incomplete = "the bench was run with --quick (tiny sizes): run the full `make bench`"
             return dec

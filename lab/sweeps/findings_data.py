@@ -106,9 +106,9 @@ def loss_kind_of(rows: Sequence[Mapping[str, str]], suite: str) -> dict[str, lis
 
 
 def yaml_head(path: Path) -> str | None:
-    import yaml
+    from lab.runtime.files import read_data  # noqa: PLC0415 - a file reader, needed only for this lookup
 
     if not path.is_file():
         return None
-    node = (yaml.safe_load(path.read_text()) or {}).get("head") or {}
+    node = read_data(path).get("head") or {}
     return node.get("name") if isinstance(node, dict) else None

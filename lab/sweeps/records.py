@@ -23,10 +23,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from lab.core.registry import ConfigError
-from lab.runtime.files import ROOT
+from lab.runtime.files import ROOT, read_data
 from lab.runtime.published import TOKENIZER_FILE, sha256_of
 from lab.runtime.runlock import config_differences
 
@@ -56,30 +54,20 @@ class RecordError(ConfigError):
 
 
 def read_yaml(path: Path) -> dict:
-    """A config.yaml as plain data: malformed YAML, tags (``!!python/...``) or a non-mapping are a RecordError
-    naming the file (safe_load never builds objects)."""
+    """A record's config.yaml as plain data (lab.runtime.files.read_data: a tag or malformed YAML is one paragraph
+    naming the file, as a RecordError)."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RecordError(f"{path} is not a plain YAML config ({first}); a run's config.yaml holds only plain "
-                          "values (no tags or objects). Restore it from the run that wrote it, or delete the run.") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecordError(f"{path} cannot be read ({e}).") from None
-    if not isinstance(data, dict):
-        raise RecordError(f"{path} does not hold a config mapping (found {type(data).__name__}).")
-    return data
+        return read_data(Path(path))
+    except ConfigError as e:
+        raise RecordError(str(e)) from None
 
 
 def read_metrics(path: Path) -> dict:
-    """A metrics.json as a mapping, or a RecordError naming the file."""
+    """A record's metrics.json as a mapping, or a RecordError naming the file."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise RecordError(f"{path} is not a readable metrics.json ({type(e).__name__}: {str(e)[:120]}).") from None
-    if not isinstance(data, dict):
-        raise RecordError(f"{path} does not hold a metrics mapping (found {type(data).__name__}).")
-    return data
+        return read_data(Path(path))
+    except ConfigError as e:
+        raise RecordError(str(e)) from None
 
 
 def hardware(metrics: Mapping[str, Any]) -> str:

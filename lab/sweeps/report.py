@@ -4,7 +4,6 @@ and the plots. ``python -m lab report NAME`` rebuilds them."""
 from __future__ import annotations
 
 import csv
-import json
 import os
 import platform
 import sys
@@ -20,7 +19,7 @@ from lab.sweeps.plan import DEFAULT_METRICS, FAILED, FIXED_COLUMNS, Job, plan
 from lab.config import header_comment
 from lab.core.numfmt import as_number, fmt_duration
 from lab.core.stats import HIGHER, LOWER, NEUTRAL, bootstrap_correlation, direction, mean_std
-from lab.runtime.files import process_rank, runs_root
+from lab.runtime.files import process_rank, read_data, runs_root
 from lab.runtime.runlock import check_not_stale
 from lab.sweeps.findings import LOSS_KINDS
 from lab.runtime.files import ROOT
@@ -77,7 +76,7 @@ def collect(suite: DictConfig, jobs: Sequence[Job], results: Path | None = None)
                     row.update(status="failed_nan", error=f"{source / 'metrics.json'} records a NaN "
                                f"{'gfid' if 'gfid' in row else 'rfid'}")
         elif (job.run_dir / FAILED).is_file():
-            info = json.loads((job.run_dir / FAILED).read_text())
+            info = read_data(job.run_dir / FAILED)
             row["status"] = info.get("status", "failed")
             row["error"] = info.get("error", "")
         else:
@@ -291,7 +290,7 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
     wall = sum(as_number(r.get("wall_time_s")) or 0.0 for r in done)
     manifest = {}
     if (sweep_dir / "sweep.json").is_file():
-        manifest = json.loads((sweep_dir / "sweep.json").read_text())
+        manifest = read_data(sweep_dir / "sweep.json")
 
     header = header_comment(name)
     md = [f"# {suite['name']}", ""]

@@ -35,8 +35,9 @@ import torch
 from omegaconf import open_dict
 
 from lab.core.numfmt import fmt_duration
-from lab.runtime.files import process_rank, runs_root
+from lab.runtime.files import process_rank, read_data, runs_root
 from lab.runtime.runlock import check_not_stale, holder, lock_path, try_lock, unlock
+from lab.stages.preflight import check_run
 from lab.stages import run as stage_run  # run_experiment looked up per call: tests and tools may wrap it
 from lab.sweeps.plan import (CASES, DEFAULT_METRICS, FAILED, FIXED_COLUMNS, Job, Point, expand, plan,  # noqa: F401
                              set_dotted)  # (re-exported: the plan's names, as before the split)
@@ -59,6 +60,9 @@ def run_sweep(name: str, overrides: Sequence[str] = (), publish: str | Path | No
     published = check_records(all_jobs, results)  # a record of other settings: an error, before anything is written
     recorded = {id(all_jobs[i]) for i in published}
     jobs = shard_jobs(all_jobs, shard)
+    for job in jobs:  # every point's checks that need no training (lab/stages/preflight.py), before any is trained
+        if not (job.run_dir / "metrics.json").is_file() and id(job) not in recorded:
+            check_run(job.cfg)
     sweep_dir = runs_root(suite) / suite["name"]
     sweep_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
@@ -68,7 +72,7 @@ def run_sweep(name: str, overrides: Sequence[str] = (), publish: str | Path | No
                   "run_dir": str(j.run_dir.relative_to(sweep_dir))} for j in jobs],
     }
     if (sweep_dir / "sweep.json").is_file():  # keep the record of earlier invocations
-        manifest["invocations"] = json.loads((sweep_dir / "sweep.json").read_text()).get("invocations", [])
+        manifest["invocations"] = read_data(sweep_dir / "sweep.json").get("invocations", [])
     (sweep_dir / "sweep.json").write_text(json.dumps(manifest, indent=2, default=str))
     todo = [j for j in jobs if not (j.run_dir / "metrics.json").is_file() and not (j.run_dir / FAILED).is_file()
             and id(j) not in recorded]
@@ -128,7 +132,7 @@ def run_sweep(name: str, overrides: Sequence[str] = (), publish: str | Path | No
     print(f"[sweep {suite['name']}] {n_done} of {len(jobs)} runs finished"
           + (f" in shard {shard[0]}/{shard[1]}" if shard else "") + f"; this invocation took {fmt_duration(time.time() - t_start)}")
     manifest.setdefault("invocations", [])
-    old = json.loads((sweep_dir / "sweep.json").read_text()).get("invocations", [])
+    old = read_data(sweep_dir / "sweep.json").get("invocations", [])
     manifest["invocations"] = old + [{"started": datetime.fromtimestamp(t_start).isoformat(timespec="seconds"),
                                       "wall_s": round(time.time() - t_start, 1), "runs_trained": len(done_times),
                                       "machine": machine()}]
