@@ -53,7 +53,7 @@ def test_unknown_key_suggests_closest():
 
 
 def test_unknown_component_lists_registry():
-    with pytest.raises(ConfigError, match=r"Unknown quantizer 'bsqq'.*Valid: bsq, lfq, vq"):
+    with pytest.raises(ConfigError, match=r"Unknown quantizer 'bsqq'.*Valid: bsq, fsq, lfq, vq"):
         load_experiment("quickstart", ["quantizer.name=bsqq"])
     with pytest.raises(ConfigError, match=r"Unknown data 'emoji'.*emoji32"):
         load_experiment("quickstart", ["data.name=emoji"])

@@ -156,7 +156,8 @@ def format_table(cols: Sequence[str], rows: Sequence[dict], short: bool = False)
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    wide = args.wide or args.all_metrics or args.csv is not None
+    # a terminal gets what fits its width; a file or a pipe (a script, `| less -S`) gets every column
+    wide = args.wide or args.all_metrics or args.csv is not None or not sys.stdout.isatty()
     cols, rows = table(args.paths, all_metrics=args.all_metrics or args.csv is not None, wide=wide, tag=args.tag,
                        group_by=args.group_by)
     if args.csv is not None:

@@ -16,7 +16,6 @@ config and metrics, and a SHA-256 that is checked before the weights are loaded.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
