@@ -6,6 +6,10 @@ import os
 import sys
 
 
+# keys that a --sweep list may carry as plain overrides rather than axes (one value, not a grid)
+_PLAIN_KEYS = ("seeds", "preset", "runs_dir", "seed", "report.baseline", "publish", "sweep", "report")
+
+
 def _fail(msg: str, code: int = 2) -> None:
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
@@ -14,6 +18,8 @@ def _fail(msg: str, code: int = 2) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     if args.verbose:
         os.environ["BITLAB_VERBOSE"] = "1"  # read by lab.runtime.quiet (also in the processes a multi-device run starts)
+    if args.sweep:
+        args.overrides = sweep_overrides(args.name, args.sweep, args.overrides)
     if args.dry_run:
         from lab.cli.info import dry_run
 
@@ -43,6 +49,50 @@ def cmd_run(args: argparse.Namespace) -> None:
         if args.publish or args.shard:
             _fail(f"--publish and --shard are for suites (an experiment with a `sweep:`); {args.name} is one run.")
         run_experiment(cfg)
+
+
+def sweep_overrides(name: str, axes: list[str], overrides: list[str]) -> list[str]:
+    """``--sweep key=a,b key2=x,y`` -> the overrides of the same ad hoc suite: ``sweep={key: [a, b], ...}`` and, unless
+    the command names one, ``report.baseline`` = the first value of the first axis. The suite then runs, reports,
+    shards and checks staleness like a YAML suite, with these overrides as its own."""
+    import json
+
+    import yaml
+
+    from lab.config import load_experiment
+    from lab.core.registry import ConfigError
+
+    if load_experiment(name, [], validate=False).get("sweep"):
+        raise ConfigError(f"{name} is a suite already (its YAML has `sweep:`); --sweep makes a suite of a single "
+                          "experiment. Change the suite's axes with sweep.KEY=[...] overrides, or copy it.")
+    if any(o.split("=", 1)[0] == "sweep" for o in overrides):
+        raise ConfigError("give the grid either with --sweep key=a,b or with sweep={...}, not both.")
+    grid: dict = {}
+    for item in axes:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise ConfigError(f"--sweep {item!r}: give KEY=V1,V2,... (e.g. --sweep quantizer.bits=8,16 head.name=index,bitwise).")
+        parts, depth, cur = [], 0, ""
+        for ch in values:  # commas inside [...] or {...} belong to one value
+            depth += ch in "[{"
+            depth -= ch in "]}"
+            if ch == "," and depth == 0:
+                parts.append(cur)
+                cur = ""
+            else:
+                cur += ch
+        parts.append(cur)
+        try:
+            grid[key] = [yaml.safe_load(v) for v in parts if v.strip() != ""]
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--sweep {item!r}: a value is not plain YAML ({str(e).splitlines()[0]}).") from None
+        if not grid[key]:
+            raise ConfigError(f"--sweep {item!r}: no values.")
+    out = [*overrides, "sweep=" + json.dumps(grid)]
+    if not any(o.split("=", 1)[0] in ("report", "report.baseline") for o in overrides):
+        first = next(iter(grid))
+        out.append("report.baseline=" + json.dumps({first: grid[first][0]}))
+    return out
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -102,6 +152,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="a suite: run only the I-th of K disjoint slices of its runs (balanced by estimated cost); "
                         "slurm: I and K from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT")
     p.add_argument("--force", action="store_true", help="with --publish: replace a different published record")
+    p.add_argument("--sweep", nargs="+", default=None, metavar="KEY=V1,V2",
+                   help="run a grid of one experiment as an ad hoc suite (e.g. --sweep quantizer.bits=8,16 "
+                        "head.name=index,bitwise seeds=[0,1,2]): records, report, verdicts (against the first value, "
+                        "or report.baseline=...), shards and stale checks as a YAML suite")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("status", help="where a suite stands: runs finished (local and published), time per run, "
                                       "time left, the command that continues it")
@@ -130,6 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "publish", None) and "=" in args.publish:  # `--publish key=value`: an override, not a folder
         extra, args.publish = [args.publish, *extra], ""
+    if getattr(args, "sweep", None):  # plain overrides given after --sweep (seeds=[...], preset=...) are overrides
+        axes = [a for a in args.sweep if a.partition("=")[0] not in _PLAIN_KEYS]
+        args.overrides += [a for a in args.sweep if a not in axes]
+        args.sweep = axes
     if args.command == "run" and all("=" in a and not a.startswith("-") for a in extra):
         args.overrides += extra  # overrides after an option: run NAME --dry-run a=1 b=2
     elif extra:

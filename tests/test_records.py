@@ -211,3 +211,33 @@ def test_a_generator_suite_uses_its_published_tokenizer_on_a_new_machine(tmp_exp
     with pytest.raises(ConfigError, match="SHA-256"):
         run_sweep("gen", ["preset=smoke", "seeds=[0,1,2]", f"runs_dir={tmp_path / 'm3'}"], publish=results)
     assert not list((tmp_path / "m3").rglob("metrics.json"))
+
+
+def test_a_command_line_sweep_is_the_equivalent_yaml_suite(tmp_experiments, tmp_path, fake_runs):
+    from lab.__main__ import main
+
+    (tmp_experiments / "one.yaml").write_text("stage: tokenizer\n")
+    (tmp_experiments / "grid.yaml").write_text(
+        "stage: tokenizer\nsweep:\n  quantizer.bits: [8, 10]\n  loss.recon: [l1, l2]\nseeds: [0, 1]\n"
+        "report:\n  baseline: {quantizer.bits: 8}\n")
+    main(["run", "one", f"runs_dir={tmp_path / 'a'}", "--sweep", "quantizer.bits=8,10", "loss.recon=l1,l2", "seeds=[0,1]"])
+    main(["run", "grid", f"runs_dir={tmp_path / 'b'}"])
+    a, b = _rows(tmp_path / "a" / "one" / "results.csv"), _rows(tmp_path / "b" / "grid" / "results.csv")
+    strip = lambda rows: [(r["point"], r["seed"], r["psnr"]) for r in rows]  # noqa: E731
+    assert len(a) == 8 and strip(a) == strip(b)
+    tables = lambda p: [line for line in p.read_text().splitlines() if line.startswith("|")]  # noqa: E731
+    assert tables(tmp_path / "a" / "one" / "results.md") == tables(tmp_path / "b" / "grid" / "results.md")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sweep", "quantizer.bits="], "KEY=V1,V2"),
+    (["--sweep", "quantizer.bits=8,16", "sweep={loss.recon: [l1]}"], "not both"),
+])
+def test_bad_command_line_sweeps_are_clear_errors(tmp_experiments, tmp_path, capsys, fake_runs, argv, message):
+    from lab.__main__ import main
+
+    (tmp_experiments / "one.yaml").write_text("stage: tokenizer\n")
+    with pytest.raises(SystemExit) as e:
+        main(["run", "one", f"runs_dir={tmp_path / 'r'}", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
