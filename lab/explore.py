@@ -4,6 +4,8 @@ Everything returns pandas DataFrames so a notebook cell stays one line."""
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -25,6 +27,34 @@ def find_runs(path: str | Path) -> list[Path]:
     return sorted(runs, key=lambda p: p.stat().st_mtime)
 
 
+def runs_under(target: str | Path) -> list[Path]:
+    """What the run notebook shows under ``target``: its runs (and published records, ``results/<suite>/runs/<point>/
+    s<seed>``), or, where it holds none, the folders with a metrics.json (the committed results/ of single runs)."""
+    target = Path(target)
+    runs = find_runs(target)
+    return (sorted(runs) if runs and target.name == "results" else runs) or sorted(
+        p.parent for p in target.rglob("metrics.json"))
+
+
+def run_label(run: Path, root: Path | None = None) -> str:
+    """A run's name in tables and legends: its ``run_name`` (config.yaml) where it has one, else ``point/s<seed>``
+    for a suite's run or record (after the suite's folder when ``root`` holds several), else its path below
+    ``root``: never a bare timestamp."""
+    run = Path(run)
+    cfg = _config(run)
+    seed = f"s{cfg['seed']}" if cfg.get("seed") is not None else ""
+    if cfg.get("run_name"):
+        name = str(cfg["run_name"])
+        return name if not seed or seed in name.split() or name.endswith(f"/{seed}") else f"{name} {seed}"
+    rel = run.relative_to(root).parts if root and run != root and run.is_relative_to(root) else ()
+    if re.fullmatch(r"s\d+", run.name) and run.parent.name:
+        above = [p for p in rel[:-2] if p != "runs"]  # results/<suite>/runs/<point>/s<seed>: the suite's folder
+        return " ".join([*above[-1:], f"{run.parent.name}/{run.name}"])
+    if len(rel) > 1 or (rel and not re.match(r"\d{8}-\d{6}", rel[0])):
+        return "/".join(rel)
+    return "/".join(run.parts[-2:])  # (a run id is a timestamp: its experiment's folder goes with it)
+
+
 def latest(root: str | Path = ROOT / "runs") -> Path | None:
     """The most recent sweep (a directory with sweep.json) or run under ``root``."""
     root = Path(root)
@@ -33,12 +63,11 @@ def latest(root: str | Path = ROOT / "runs") -> Path | None:
 
 
 def metrics_table(runs: Iterable[Path], root: Path | None = None) -> pd.DataFrame:
-    """One row per run: its path (relative to ``root``) and every final metric, flattened."""
+    """One row per run: its label (``run_label``) and every final metric, flattened."""
     rows = []
     for r in runs:
         m = json.loads((r / "metrics.json").read_text()) if (r / "metrics.json").is_file() else {}
-        row = {"run": str(r.relative_to(root)) if root and r.is_relative_to(root) else str(r),
-               "finished": bool(m)}
+        row = {"run": run_label(r, root), "finished": bool(m)}
         row.update(flatten_metrics(m))
         rows.append(row)
     return pd.DataFrame(rows).set_index("run") if rows else pd.DataFrame()
@@ -58,6 +87,41 @@ def scalars(run_dir: Path, tags: Iterable[str] | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["tag", "step", "value"])
 
 
+def loss_kind(run: Path) -> str:
+    """What a run's loss is: the tokenizer's reconstruction loss, or the generator head's (bit BCE, index
+    cross-entropy, ...: lab/sweeps/findings_data.py's LOSS_KINDS); "" without a readable config.yaml."""
+    from lab.sweeps.findings_data import LOSS_KINDS  # noqa: PLC0415 - light, only for the curves
+
+    cfg = _config(run)
+    if cfg.get("stage") == "tokenizer":
+        return "reconstruction loss (tokenizer)"
+    head = (cfg.get("head") or {}).get("name") if isinstance(cfg.get("head"), dict) else None
+    return LOSS_KINDS.get(str(head), f"{head} head") if head else ""
+
+
+def curve_panels(runs: Iterable[Path], tags: Iterable[str], root: Path | None = None) -> dict[str, list]:
+    """{panel title: [(run label, steps, values)]}: one panel per TensorBoard tag and loss kind, so a bit BCE and an
+    index cross-entropy logged under the same tag (``val/loss`` of older runs) never share an axis."""
+    panels: dict[str, list] = {}
+    for run in runs:
+        s, kind = scalars(run, tags), loss_kind(run)
+        for tag, part in s.groupby("tag", sort=False):
+            title = f"{tag}\n{kind}" if kind else tag
+            panels.setdefault(title, []).append((run_label(run, root), part["step"].tolist(), part["value"].tolist()))
+    order = {t: i for i, t in enumerate(tags)}
+    return dict(sorted(panels.items(), key=lambda kv: order.get(kv[0].split("\n")[0], len(order))))
+
+
+def _config(run: Path) -> dict:
+    import yaml  # noqa: PLC0415 - read only here
+
+    try:
+        cfg = yaml.safe_load((Path(run) / "config.yaml").read_text()) if (Path(run) / "config.yaml").is_file() else {}
+    except yaml.YAMLError:
+        cfg = {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
 def images(run_dir: Path) -> list[Path]:
     """The PNG grids a run wrote (reconstructions, progressive prefixes, samples)."""
     return sorted(Path(run_dir).glob("*.png"))
@@ -66,6 +130,13 @@ def images(run_dir: Path) -> list[Path]:
 def suites(results: str | Path = ROOT / "results") -> list[Path]:
     """Directories under ``results`` holding a sweep's results.csv."""
     return sorted(p.parent for p in Path(results).rglob("results.csv"))
+
+
+def default_results(root: Path = ROOT) -> Path:
+    """Where the report notebook reads suites: ``$BITLAB_RESULTS``, else runs/ once a sweep finished there, else the
+    committed results/ (its suites' results.csv and published records)."""
+    env = os.environ.get("BITLAB_RESULTS")
+    return Path(env) if env else root / "runs" if suites(root / "runs") else root / "results"
 
 
 def summary(results_csv: str | Path, metrics: Iterable[str] | None = None) -> pd.DataFrame:

@@ -40,8 +40,7 @@ def suite_incomplete(columns: Sequence[str], rows: Sequence[Mapping[str, str]], 
     ``MIN_SEEDS`` seeds in a case, or results from before the evaluation protocol."""
     reasons = []
     done = [r for r in rows if r.get("status") == "done"]
-    need = PROTOCOL_COLUMNS.get(stage, ())
-    lacking = [c for c in need if c not in columns or any(num(r.get(c)) is None for r in done)]
+    lacking = protocol_lacking(columns, rows, stage)
     if lacking:
         reasons.append(f"not yet rerun under the protocol (no {' / '.join(lacking)} in its results: they predate "
                        "issue 13's evaluation)")
@@ -55,6 +54,13 @@ def suite_incomplete(columns: Sequence[str], rows: Sequence[Mapping[str, str]], 
     if fewest < MIN_SEEDS:
         reasons.append(f"{fewest} seed{'s' if fewest != 1 else ''} in its smallest case (< {MIN_SEEDS})")
     return "; ".join(reasons)
+
+
+def protocol_lacking(columns: Sequence[str], rows: Sequence[Mapping[str, str]], stage: str) -> list[str]:
+    """The evaluation protocol's columns (``PROTOCOL_COLUMNS`` of the stage) that a suite's results lack, or lack
+    a value of in a finished run: non-empty means its numbers predate the protocol."""
+    done = [r for r in rows if r.get("status") == "done"]
+    return [c for c in PROTOCOL_COLUMNS.get(stage, ()) if c not in columns or any(num(r.get(c)) is None for r in done)]
 
 
 def preset_of(report: Path) -> str:
