@@ -42,7 +42,7 @@ from lab.runtime.trainer import cpu_load, timer_of
 from lab.stages.common import (begin_resume, build_datamodule, build_trainer, eval_device, log_final,
                                make_run_dir, resolve_run_settings, seed_all, step_flops, summary, write_metrics)
 from lab.stages.tokenizer import run_tokenizer
-from lab.stages.build import build_tokenizer, generator_module
+from lab.stages.build import build_tokenizer, generator_module, tokenizer_module
 from lab.train.generator import GeneratorModule
 
 TOKENIZER_KEYS = ("data", "quantizer", "tokenizer", "loss", "tokenizer_train")
