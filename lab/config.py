@@ -14,8 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from lab.core.registry import (ConfigError, check_kwargs, save_config, suggest, to_dict,  # noqa: F401 (re-exported)
-                               upgrade_renamed, validate)
+from lab.core.registry import ConfigError, check_kwargs, suggest, to_dict, upgrade_renamed, validate
 from lab.core.settings import (EvalSettings, GeneratorLossSettings, LoaderSettings, LossSettings, OptimSettings,
                                SampleSettings, Sections, TokenizerTrainSettings)
 from lab.runtime.files import ROOT

@@ -110,7 +110,7 @@ def test_explicit_bf16_without_native_bf16_warns_with_the_measured_slowdown(monk
 
 def test_resolved_precision_is_written_to_the_config(monkeypatch, fresh_probe, tmp_path):
     """What config.yaml records (lab.config.save_config of the resolved config): the concrete value and why."""
-    from lab.config import save_config
+    from lab.core.registry import save_config
 
     for has_native, expected in ((False, "32-true"), (True, "bf16-mixed")):
         (native if has_native else no_native)(monkeypatch)

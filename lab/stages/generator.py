@@ -37,7 +37,7 @@ from lab.runtime.progress import Progress, phase
 from lab.runtime.published import install_published_tokenizer, published_tokenizer
 from lab.runtime.machine import metrics_record, resolve_precision
 from lab.runtime.safety import load_checkpoint
-from lab.runtime.signals import Interruption
+from lab.runtime.interruption import Interruption
 from lab.runtime.trainer import cpu_load, timer_of
 from lab.stages.common import (begin_resume, build_datamodule, build_trainer, eval_device, log_final,
                                make_run_dir, resolve_run_settings, seed_all, step_flops, summary, write_metrics)

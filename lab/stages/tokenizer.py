@@ -18,7 +18,7 @@ from lab.metrics.fid_protocol import check_eval_size
 from lab.metrics.measures import count_params, peak_memory_mb, reset_peak_memory
 from lab.runtime.files import process_rank
 from lab.runtime.machine import metrics_record
-from lab.runtime.signals import Interruption
+from lab.runtime.interruption import Interruption
 from lab.runtime.trainer import cpu_load, timer_of
 from lab.stages.common import (begin_resume, build_datamodule, build_trainer, eval_device, log_final,
                                make_run_dir, resolve_run_settings, seed_all, step_flops, summary, write_metrics)
