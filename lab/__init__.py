@@ -1,8 +1,11 @@
 """bitlab: image-tokenizer ablations after Infinity (bitwise tokens) and VAR (next-scale prediction).
 
-The package follows the data's way (README, "The code"): ``data`` -> ``quantizers`` -> ``models`` ->
-``generation`` -> ``train`` -> ``stages`` -> ``sweeps``, with ``core``, ``runtime`` and ``metrics`` beneath and
-``cli`` on top. Until the 0.2 release the flat module paths of 0.1 (``lab.run``, ``lab.heads``, ...) still import:
+The package follows the data's way (README, "The code"). Its layers, bottom to top (``LAYERS`` of
+tests/test_layering.py, which checks this line):
+
+core < runtime < data quantizers metrics.measures metrics.fid_protocol < models < generation metrics.evaluate < train < config < stages < sweeps bench < cli explore __main__ lab
+
+Until the 0.2 release the flat module paths of 0.1 (``lab.run``, ``lab.heads``, ...) still import:
 each is an alias of the module's new home (the same module object), listed in ``MOVED``.
 """
 from __future__ import annotations

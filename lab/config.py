@@ -14,8 +14,9 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from lab.core.registry import (ConfigError, check_kwargs, save_config, suggest, to_dict,  # noqa: F401 (re-exported)
-                               upgrade_renamed, validate)
+from lab.core.registry import ConfigError, check_kwargs, suggest, to_dict, upgrade_renamed, validate
+from lab.core.settings import (EvalSettings, GeneratorLossSettings, LoaderSettings, LossSettings, OptimSettings,
+                               SampleSettings, Sections, TokenizerTrainSettings)
 from lab.runtime.files import ROOT
 
 EXPERIMENTS = ROOT / "experiments"
@@ -170,16 +171,13 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
         "trainer": lambda n: check_kwargs(pl.Trainer, n, "trainer"),
         "logger": _check_loggers,
     }
-    try:
-        from lab.generation import correction
-        from lab.models import heads
-        from lab.models import transformer
+    from lab.generation import correction
+    from lab.models import heads
+    from lab.models import transformer
 
-        checks["head"] = lambda n: validate(heads.HEADS, n, "head", injected=heads.INJECTED)
-        checks["correction"] = lambda n: validate(correction.CORRECTIONS, n, "correction")
-        checks["generator"] = lambda n: check_kwargs(transformer.Transformer, n, "generator", injected=transformer.INJECTED)
-    except ImportError:  # the generator stage is optional for tokenizer-only installs
-        pass
+    checks["head"] = lambda n: validate(heads.HEADS, n, "head", injected=heads.INJECTED)
+    checks["correction"] = lambda n: validate(correction.CORRECTIONS, n, "correction")
+    checks["generator"] = lambda n: check_kwargs(transformer.Transformer, n, "generator", injected=transformer.INJECTED)
     return checks
 
 
@@ -320,4 +318,42 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
         if isinstance(conf.get(node), DictConfig):
             OmegaConf.set_struct(conf[node], False)
     return conf
+
+
+def _section(kind: type, node: Any, where: str, **fallback: Any):
+    """One fixed-key node as its dataclass (lab/core/settings.py); ``fallback``: values for keys that configs recorded
+    by earlier versions lack."""
+    from dataclasses import MISSING, fields
+
+    node = {**fallback, **(to_dict(node) or {})}
+    values = {}
+    for f in fields(kind):
+        if f.name in node:
+            v = node[f.name]
+            values[f.name] = tuple(v) if isinstance(v, list) else v
+        elif f.default is MISSING:
+            raise ConfigError(f"The config has no {where}.{f.name} (base.yaml sets it); a config.yaml or checkpoint "
+                              "written by another version? Add the key.")
+    return kind(**values)
+
+
+def sections(cfg: Mapping) -> Sections:
+    """The fixed-key sections of a validated config (or of a checkpoint's recorded one) as frozen dataclasses: what
+    the stages hand to the layers below them, so that nothing there reads a config by key."""
+    from lab.metrics.fid_protocol import DEFAULTS  # (the protocol's own defaults, for configs recorded before them)
+
+    loss = _section(LossSettings, cfg["loss"], "loss")
+    return Sections(
+        optim=_section(OptimSettings, cfg["optim"], "optim"),
+        loss=loss,
+        loader=_section(LoaderSettings, cfg["loader"], "loader", global_batch_size=None, num_workers=0),
+        # (a 0.1 tokenizer checkpoint: no eval node, its LPIPS reported at loss.lpips_size)
+        eval=(_section(EvalSettings, cfg["eval"], "eval", **DEFAULTS, lpips_size=loss.lpips_size, label_noise=[])
+              if cfg.get("eval") is not None else None),
+        sample=_section(SampleSettings, cfg["sample"], "sample") if cfg.get("sample") is not None else None,
+        generator_loss=(_section(GeneratorLossSettings, cfg["generator_loss"], "generator_loss")
+                        if cfg.get("generator_loss") is not None else None),
+        tokenizer_train=(_section(TokenizerTrainSettings, cfg["tokenizer_train"], "tokenizer_train")
+                         if cfg.get("tokenizer_train") is not None else None),
+    )
 

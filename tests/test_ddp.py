@@ -59,9 +59,9 @@ def test_two_process_ddp_trains_both_stages_and_rank0_alone_writes(tmp_path):
 
     tok = load_tokenizer(tokenizers[0])
     assert tok.tokenizer.msq.bits == 16
-    from lab.train.generator import GeneratorModule
+    from lab.stages.build import generator_module
 
-    module = GeneratorModule(ck["hyper_parameters"]["cfg"], tok.tokenizer, num_classes=ck["hyper_parameters"]["num_classes"])
+    module = generator_module(ck["hyper_parameters"]["cfg"], tok.tokenizer, num_classes=ck["hyper_parameters"]["num_classes"])
     module.load_state_dict(ck["state_dict"], strict=True)
 
 

@@ -8,6 +8,7 @@ import torch
 
 from lab.config import load_experiment, to_dict
 from lab.train.generator import GeneratorModule
+from lab.stages.build import generator_module
 from lab.core.registry import ConfigError
 from lab.models.tokenizer import Tokenizer
 
@@ -37,7 +38,7 @@ def build(q: str, head: str, corr: str, cond: str = "class", order: str = "scale
     tok.train()
     with torch.no_grad():
         tok(torch.rand(16, 3, 32, 32) * 2 - 1)  # data-initialise gains / codebook like a trained tokenizer
-    return GeneratorModule(cfg, tok, num_classes=10)
+    return generator_module(cfg, tok, num_classes=10)
 
 
 def test_bitflip_on_index_codes_is_refused():

@@ -10,6 +10,7 @@ import yaml
 from lab.runtime import machine
 from lab.config import load_experiment
 from lab.core.registry import ConfigError
+from lab.stages.common import resolve_run_settings
 
 
 @pytest.fixture
@@ -109,20 +110,20 @@ def test_explicit_bf16_without_native_bf16_warns_with_the_measured_slowdown(monk
 
 def test_resolved_precision_is_written_to_the_config(monkeypatch, fresh_probe, tmp_path):
     """What config.yaml records (lab.config.save_config of the resolved config): the concrete value and why."""
-    from lab.config import save_config
+    from lab.core.registry import save_config
 
     for has_native, expected in ((False, "32-true"), (True, "bf16-mixed")):
         (native if has_native else no_native)(monkeypatch)
         fresh_probe(2.5)
         cfg = load_experiment("generator/c2i_fashion")
         assert cfg.trainer.precision == "auto"
-        record = machine.resolve_run_settings(cfg, verbose=False)
+        record = resolve_run_settings(cfg, verbose=False)
         save_config(cfg, tmp_path / "config.yaml")
         saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
         assert saved["trainer"]["precision"] == expected == record["precision"]
         assert saved["resolved"]["precision_requested"] == "auto"
         assert saved["resolved"]["precision_reason"].startswith(expected)
-        assert machine.metrics_record(cfg)["precision"] == expected
+        assert machine.metrics_record(cfg["resolved"])["precision"] == expected
 
 
 def test_auto_that_resolves_to_fp32_keeps_the_fp32_tokenizer_cache_key(monkeypatch, fresh_probe):
@@ -155,21 +156,21 @@ def test_devices_auto_layout_keeps_the_global_batch(monkeypatch):
     for cores, devices, batch, strategy in ((1, 1, 32, "auto"), (2, 2, 16, "ddp")):
         monkeypatch.setattr(machine, "usable_cores", lambda cores=cores: cores)
         cfg = load_experiment("quickstart", ["trainer.precision=32-true"])
-        record = machine.resolve_run_settings(cfg, verbose=False)
+        record = resolve_run_settings(cfg, verbose=False)
         assert (cfg.trainer.devices, cfg.loader.batch_size, cfg.trainer.strategy) == (devices, batch, strategy)
         assert record["devices"] * record["batch_size_per_process"] == cfg.loader.global_batch_size == 32
     # the smoke preset keeps one process and its own small batch
     cfg = load_experiment("quickstart", ["preset=smoke"])
-    machine.resolve_run_settings(cfg, verbose=False)
+    resolve_run_settings(cfg, verbose=False)
     assert (cfg.trainer.devices, cfg.loader.batch_size, cfg.trainer.precision) == (1, 8, "32-true")
 
 
 def test_layout_errors_are_config_errors():
     with pytest.raises(ConfigError, match="loader.global_batch_size"):
-        machine.resolve_run_settings(load_experiment("quickstart", ["loader.global_batch_size=null",
+        resolve_run_settings(load_experiment("quickstart", ["loader.global_batch_size=null",
                                                                     "trainer.precision=32-true"]), verbose=False)
     with pytest.raises(ConfigError, match="does not split evenly over 3 processes"):
-        machine.resolve_run_settings(load_experiment("quickstart", ["trainer.devices=3", "trainer.precision=32-true"]),
+        resolve_run_settings(load_experiment("quickstart", ["trainer.devices=3", "trainer.precision=32-true"]),
                                      verbose=False)
 
 

@@ -13,7 +13,7 @@ import torch
 from lab.config import load_experiment
 from lab.core.registry import save_config
 from lab.runtime import signals
-from lab.runtime.machine import resolve_run_settings
+from lab.stages.common import resolve_run_settings
 
 
 def _main(capsys, *args: str) -> tuple[int, str]:

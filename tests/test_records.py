@@ -12,7 +12,7 @@ import pytest
 
 from lab.core.registry import ConfigError, save_config
 from lab.runtime.files import runs_root
-from lab.runtime.machine import resolve_run_settings
+from lab.stages.common import resolve_run_settings
 from lab.runtime.published import published_tokenizer, sha256_of
 from lab.stages import run as run_mod
 from lab.sweeps.plan import plan

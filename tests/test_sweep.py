@@ -12,6 +12,7 @@ from lab import config
 from lab.stages import run as run_mod
 from lab.config import ROOT, available_experiments
 from lab.core.registry import ConfigError
+from lab.runtime.files import exclusive
 from lab.sweeps.plan import FIXED_COLUMNS, expand, plan
 from lab.sweeps.sweep import run_sweep
 from lab.sweeps.report import write_report
@@ -266,7 +267,7 @@ def test_a_tokenizer_needed_by_two_processes_is_trained_once(tmp_path):
             if log.is_file():
                 break
             time.sleep(0.05)
-        with run_mod.exclusive(lock, waiting="waiting"):
+        with exclusive(lock, waiting="waiting"):
             log.write_text(log.read_text() + "second\n")
     finally:
         holder.wait(timeout=30)
@@ -282,7 +283,7 @@ def test_a_tokenizer_needed_by_two_processes_is_trained_once(tmp_path):
         time.sleep(0.05)
     killed.kill()
     killed.wait()
-    with run_mod.exclusive(lock):  # taken at once: the dead holder's lock went with its process
+    with exclusive(lock):  # taken at once: the dead holder's lock went with its process
         pass
 
 

@@ -17,12 +17,10 @@ import multiprocessing as mp
 import statistics
 import torch.distributed as dist
 from lab.config import load_experiment
-from lab.core.registry import to_dict
 from lab.runtime.machine import bf16_speedup, cpu_processes, resolve_precision, usable_cores
 from lab.runtime.workers import reap
 from lab.stages.common import build_datamodule
-from lab.train.generator import GeneratorModule
-from lab.train.modules import TokenizerModule
+from lab.stages.build import generator_module, tokenizer_module
 
 PRECISIONS = ("32-true", "bf16-mixed")
 GLOBAL_BATCH = 32  # the quickstart's and the generator experiments' batch per step
@@ -39,10 +37,10 @@ def _build(stage: str, size: str, batch: int, quick: bool):
         cfg = load_experiment("generator/c2i_fashion", ["data={name: emoji32, limit: %d}" % limit, f"generator.size={size}"] + common)
     dm = build_datamodule(cfg)
     dm.setup("fit")
-    module = TokenizerModule(to_dict(cfg))
+    module = tokenizer_module(cfg)
     if stage == "generator":
         tok = module.tokenizer.eval()
-        module = GeneratorModule(to_dict(cfg), tok, num_classes=dm.num_classes)
+        module = generator_module(cfg, tok, num_classes=dm.num_classes)
         with torch.no_grad():
             module.features = {"train": torch.cat([tok.encode(b["image"]) for b in dm.ordered_loader("train")])}
     return module, dm.train_dataloader()

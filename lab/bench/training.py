@@ -14,10 +14,8 @@ import pytorch_lightning as pl
 from omegaconf import OmegaConf, open_dict
 from lab.bench.machine import StepLoss, stepper, timed
 from lab.config import load_experiment
-from lab.core.registry import to_dict
 from lab.stages.common import build_datamodule, build_trainer
-from lab.train.generator import GeneratorModule
-from lab.train.modules import TokenizerModule
+from lab.stages.build import generator_module, tokenizer_module
 
 
 def _stage_module(stage: str, size: str, quick: bool):
@@ -28,7 +26,7 @@ def _stage_module(stage: str, size: str, quick: bool):
         cfg = load_experiment("quickstart", [f"data.limit={limit}", "trainer.devices=1", "trainer.strategy=auto",
                                              "loader.global_batch_size=null", "trainer.precision=32-true",
                                              "loader.batch_size=%d" % (16 if quick else 64)])
-        module = TokenizerModule(to_dict(cfg))
+        module = tokenizer_module(cfg)
     else:
         cfg = load_experiment("generator/c2i_fashion", ["data={name: emoji32, limit: %d}" % limit, f"generator.size={size}",
                                                         "trainer.precision=32-true"]
@@ -36,8 +34,8 @@ def _stage_module(stage: str, size: str, quick: bool):
     dm = build_datamodule(cfg)
     dm.setup("fit")
     if stage != "tokenizer":
-        tok = TokenizerModule(to_dict(cfg)).tokenizer.eval()
-        module = GeneratorModule(to_dict(cfg), tok, num_classes=dm.num_classes)
+        tok = tokenizer_module(cfg).tokenizer.eval()
+        module = generator_module(cfg, tok, num_classes=dm.num_classes)
         with torch.no_grad():
             module.features = {"train": torch.cat([tok.encode(b["image"]) for b in dm.ordered_loader("train")])}
     return cfg, module, dm

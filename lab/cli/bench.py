@@ -18,7 +18,7 @@ def _header(settings, threads: int) -> dict:
     import torch  # imported by the command, not at `python -m lab` start-up (list and --help stay instant)
 
     from lab.runtime.machine import machine_summary
-    from lab.stages.run import cpu_load
+    from lab.runtime.trainer import cpu_load
 
     device = settings.device
     m = machine_summary()

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
-from lab.config import ROOT, available_experiments, header_comment  # noqa: F401 (header_comment re-exported)
+from lab.config import ROOT, available_experiments, header_comment
 
 # a duration as the YAML headers write it: "10 minutes", "9 min 18 s", "1h15m", "2 hours"
 _DURATION = r"(?:\d+h\d{2}m|\d+(?:\.\d+)? ?(?:minutes|min|hours?)\b(?: \d+ ?s\b)?)"
@@ -120,7 +120,7 @@ def dry_run(name: str, overrides: Sequence[str]) -> None:
         print("".join(f"# note: {n}\n" for n in notes) + "# dry run: every check passed; nothing was created")
         return
     from lab.config import to_dict
-    from lab.sweeps.sweep import plan
+    from lab.sweeps.plan import plan
 
     suite, jobs = plan(name, overrides)
     notes = list(dict.fromkeys(n for job in jobs for n in check_run(job.cfg)))

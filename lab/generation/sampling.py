@@ -12,6 +12,7 @@ from dataclasses import InitVar, dataclass
 import torch
 from torch import Tensor, nn
 
+from lab.core.settings import SampleSettings
 from lab.quantizers.multiscale import MultiScaleQuantizer
 from lab.models.transformer import Cond, Transformer
 
@@ -27,6 +28,14 @@ class SampleOptions:
     use_cache: bool = True
     cfg: InitVar[float | None] = None  # deprecated name of ``guidance`` (until 0.2)
     cfg_schedule: InitVar[str | None] = None  # deprecated name of ``guidance_schedule`` (until 0.2)
+
+    @classmethod
+    def of(cls, sample: SampleSettings, **kw) -> "SampleOptions":
+        """A run's ``sample:`` settings as options, with keyword overrides (``guidance=3.0``, ``seed=1``, ...): the
+        one place where a config's sampling settings become ``SampleOptions``."""
+        base = dict(guidance=sample.guidance, guidance_schedule=sample.guidance_schedule,
+                    temperature=sample.temperature, top_k=sample.top_k, top_p=sample.top_p)
+        return cls(**{**base, **kw})
 
     def __post_init__(self, cfg: float | None, cfg_schedule: str | None) -> None:
         if cfg is not None:

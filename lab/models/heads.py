@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lab.core.registry import ConfigError, build
+from lab.core.settings import LOSS_TAGS
 from lab.models.categorical import sample_bits, sample_categorical
 from lab.models.masked_bits import MaskedBitsHead
 from lab.quantizers.codes import digits_to_index, index_to_digits, pack_bits, unpack_bits
@@ -78,7 +79,7 @@ def bitwise_head_params(width: int, bits: int) -> int:
 class IndexHead(nn.Module):
     """Linear(width, V) + cross-entropy: the conventional classifier over the whole vocabulary."""
 
-    loss_name = "index_ce"
+    loss_name = LOSS_TAGS["index"]
 
     def __init__(
         self, *, width: int, code_kind: str, bits: int, vocab_size: int, levels: Sequence[int] | None = None,
@@ -135,7 +136,7 @@ class BitwiseHead(nn.Module):
     """Infinity's infinite-vocabulary classifier: Linear(width, d) + mean binary cross-entropy over bits
     (equivalent to Infinity's Linear(C, 2d) with a 2-way softmax per bit)."""
 
-    loss_name = "bits_bce"
+    loss_name = LOSS_TAGS["bitwise"]
 
     def __init__(self, *, width: int, code_kind: str, bits: int, vocab_size: int, levels: Sequence[int] | None = None):
         """levels (injected) is not used: a bitwise head predicts the binary expansion of an index."""
@@ -177,7 +178,7 @@ class DigitHead(nn.Module):
     Infinity's Linear(C, 2d) form (a 2-way cross-entropy per bit equals the BCE of the logit difference).
     On bit codes and on indices without levels (VQ) every dimension is a bit of the binary expansion."""
 
-    loss_name = "digits_ce"
+    loss_name = LOSS_TAGS["digits"]
 
     def __init__(self, *, width: int, code_kind: str, bits: int, vocab_size: int, levels: Sequence[int] | None = None):
         super().__init__()

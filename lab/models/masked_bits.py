@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lab.core.registry import ConfigError
+from lab.core.settings import LOSS_TAGS
 from lab.models.categorical import sample_bits
 from lab.quantizers.codes import pack_bits, unpack_bits
 
@@ -30,7 +31,7 @@ SCHEDULES = ("uniform", "cosine")
 
 
 class MaskedBitsHead(nn.Module):
-    loss_name = "masked_bits_bce"
+    loss_name = LOSS_TAGS["masked_bits"]
 
     def __init__(
         self, *, width: int, code_kind: str, bits: int, vocab_size: int, levels: Sequence[int] | None = None,

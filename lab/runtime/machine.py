@@ -12,8 +12,9 @@
   global batch (``make bench`` part ``machine``: on a 2-core Zen 4 two processes of 16 beat one of 32 on both
   cores; on a Zen 2 both layouts took 384 ms, so the rule is never slower than one process on either).
 
-``resolve_run_settings(cfg)`` writes the concrete values into ``cfg`` (Lightning receives a concrete precision and
-an int device count) and the reasons into ``cfg.resolved``, which ``config.yaml`` and ``metrics.json`` record.
+``resolve_settings(trainer, loader, ...)`` returns the concrete values (Lightning receives a concrete precision and
+an int device count) and the reasons; the stage writes them into its config (lab/stages/common.py
+``resolve_run_settings``), whose ``resolved:`` node ``config.yaml`` and ``metrics.json`` record.
 """
 from __future__ import annotations
 
@@ -22,13 +23,13 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 
 from lab.core.registry import ConfigError
 from lab.runtime.files import cache_root
-from lab.core.registry import to_dict
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 BF16_NAMES = ("bf16-mixed", "bf16-true", "bf16")
@@ -267,39 +268,39 @@ def resolve_layout(trainer: dict, loader: dict) -> tuple[dict, dict, str | None]
 
 
 # ------------------------------------------------------------------------------------------ one run
-def resolve_run_settings(cfg: Any, verbose: bool = True) -> dict:
-    """Make ``cfg``'s ``auto`` speed settings concrete, in place, and record why in ``cfg.resolved``; returns that
-    record (also merged into metrics.json). Idempotent: a value resolved earlier (the tokenizer stage a generator
-    experiment derives, lab/stages/generator.py) keeps its recorded reason."""
-    from omegaconf import open_dict
+@dataclass(frozen=True)
+class Resolved:
+    """What a run's ``auto`` speed settings become on this machine: the ``trainer:`` and ``loader:`` keys to set
+    (precision always) and the record of why (a config's ``resolved:`` node, repeated in metrics.json)."""
+    trainer: dict
+    loader: dict
+    record: dict
 
-    trainer, loader = to_dict(cfg["trainer"]), to_dict(cfg["loader"])
-    prior = to_dict(cfg.get("resolved")) or {}
-    record = dict(prior)
+
+def resolve_settings(trainer: Mapping[str, Any], loader: Mapping[str, Any], prior: Mapping[str, Any] | None,
+                     stage: str, verbose: bool = True) -> Resolved:
+    """The concrete precision and process layout for a run's ``trainer:`` / ``loader:`` settings, and why; changes
+    nothing it is given. ``prior``: what an earlier resolution recorded (the tokenizer stage a generator experiment
+    derives, lab/stages/generator.py): a value resolved then keeps its recorded reason (idempotent)."""
+    record = dict(prior or {})
     requested = trainer.get("precision", "32-true")
-    if not (prior.get("precision_reason") and str(prior.get("precision")) == str(requested)):
-        value, why = resolve_precision(requested, trainer.get("accelerator", "cpu"), str(cfg["stage"]))
+    if not (record.get("precision_reason") and str(record.get("precision")) == str(requested)):
+        value, why = resolve_precision(requested, trainer.get("accelerator", "cpu"), stage)
         record.update(precision_requested=str(requested), precision=value, precision_reason=why)
     t_set, l_set, layout_why = resolve_layout(trainer, loader)
     if layout_why:
         record.update(devices_requested=str(trainer.get("devices")), layout_reason=layout_why)
-    with open_dict(cfg):
-        cfg["trainer"]["precision"] = record["precision"]
-        for k, v in t_set.items():
-            cfg["trainer"][k] = v
-        for k, v in l_set.items():
-            cfg["loader"][k] = v
-        record.update(devices=cfg["trainer"].get("devices"), batch_size_per_process=cfg["loader"]["batch_size"],
-                      **machine_summary())
-        cfg["resolved"] = record
+    t_set = {"precision": record["precision"], **t_set}
+    record.update(devices={**trainer, **t_set}.get("devices"), batch_size_per_process={**loader, **l_set}["batch_size"],
+                  **machine_summary())
     if verbose and os.environ.get("LOCAL_RANK", "0") in ("", "0"):
         print(f"precision: {record['precision_reason']}" + (f"\nlayout: {layout_why}" if layout_why else ""), flush=True)
-    return record
+    return Resolved(t_set, dict(l_set), record)
 
 
-def metrics_record(cfg: Any) -> dict:
-    """The keys of ``cfg.resolved`` that metrics.json repeats."""
-    r = to_dict(cfg.get("resolved")) or {}
+def metrics_record(resolved: Mapping[str, Any] | None) -> dict:
+    """The keys of a run's ``resolved:`` record (``Resolved.record``) that metrics.json repeats."""
+    r = dict(resolved or {})
     keys = ("precision", "precision_reason", "devices", "batch_size_per_process", "layout_reason", "cpu",
             "cpu_capability", "native_bf16")
     return {k: r[k] for k in keys if k in r}

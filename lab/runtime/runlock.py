@@ -14,7 +14,6 @@ steps), and its earlier ``metrics.json`` is kept beside the new one.
 """
 from __future__ import annotations
 
-import copy
 import fcntl
 import json
 import os
@@ -254,11 +253,12 @@ def check_not_stale(jobs: list) -> None:
 
 def _plain(cfg: Any) -> dict:
     """The job's config as its run would record it: ``auto`` settings resolved (lab/runtime/machine.py) on a copy."""
-    from lab.runtime.machine import resolve_run_settings  # noqa: PLC0415 - imports torch; `lab status` does not need it
+    from lab.runtime.machine import resolve_settings  # noqa: PLC0415 - imports torch; `lab status` does not need it
 
-    resolved = copy.deepcopy(cfg)
+    plain = to_dict(cfg)
     try:
-        resolve_run_settings(resolved, verbose=False)
+        r = resolve_settings(plain["trainer"], plain["loader"], plain.get("resolved"), str(plain["stage"]), verbose=False)
     except Exception:  # noqa: BLE001 - compare what there is; the run itself reports a layout problem
-        resolved = cfg
-    return to_dict(resolved)
+        return plain
+    return {**plain, "trainer": {**plain["trainer"], **r.trainer}, "loader": {**plain["loader"], **r.loader},
+            "resolved": r.record}

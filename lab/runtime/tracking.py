@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from lab.core.registry import ConfigError
 from lab.core.registry import suggest, to_dict
+from lab.core.settings import loss_tag
 
 LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
 _NEEDS = {"wandb": "wandb", "mlflow": "mlflow"}  # logger -> the package it needs (not a bitlab dependency)
@@ -128,15 +129,13 @@ def run_hparams(cfg: Any, run_dir: Path) -> dict:
     return out
 
 
-# each head's ``loss_name`` (lab/models/heads.py; not imported here: runtime sits below models)
-LOSS_NAMES = {"bitwise": "bits_bce", "index": "index_ce", "digits": "digits_ce", "masked_bits": "masked_bits_bce"}
 
 
 def final_scalars(cfg: Any, metrics: dict) -> dict:
     """metrics.json -> ``final/<key>`` scalars (every number), the generator's val_loss under its head's name."""
     final = {f"final/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if "val_loss" in metrics and cfg["stage"] == "generator":
-        kind = LOSS_NAMES.get(cfg["head"]["name"], "index_ce")
+        kind = loss_tag(cfg["head"]["name"])
         final[f"final/val_{kind}"] = float(metrics["val_loss"])
     return final
 

@@ -24,7 +24,7 @@ from lab.metrics.measures import train_step_flops
 from lab.quantizers.base import local_statistics
 from lab.runtime import quiet
 from lab.runtime.files import atomic_write, process_rank, runs_root
-from lab.runtime.machine import resolve_precision
+from lab.runtime.machine import resolve_precision, resolve_settings
 from lab.runtime.runlock import check_resume, lock_run, record_resume
 from lab.runtime.safety import load_checkpoint
 from lab.runtime.signals import TRAINED
@@ -34,6 +34,23 @@ from lab.runtime.trainer import AtomicCheckpointIO, StepTimer, share_cpu_threads
 
 # Our EpochSampler (lab/data/sampler.py) resumes mid-epoch exactly, which Lightning cannot see: silence its warning.
 warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch ended.*")
+
+
+def resolve_run_settings(cfg: Any, verbose: bool = True) -> dict:
+    """Make ``cfg``'s ``auto`` speed settings concrete, in place, and record why in ``cfg.resolved``; returns that
+    record (also merged into metrics.json). The values come from lab/runtime/machine.py ``resolve_settings``, which
+    changes nothing; this is where a run's config takes them."""
+    from omegaconf import open_dict
+
+    r = resolve_settings(to_dict(cfg["trainer"]), to_dict(cfg["loader"]), to_dict(cfg.get("resolved")),
+                         str(cfg["stage"]), verbose)
+    with open_dict(cfg):
+        for k, v in r.trainer.items():
+            cfg["trainer"][k] = v
+        for k, v in r.loader.items():
+            cfg["loader"][k] = v
+        cfg["resolved"] = r.record
+    return r.record
 
 
 def make_run_dir(cfg: Any) -> tuple[Path, bool]:

@@ -19,6 +19,7 @@ import torch
 import torchvision
 from omegaconf import DictConfig, OmegaConf
 
+from lab.config import sections
 from lab.core.registry import ConfigError, build, save_config, suggest, to_dict, upgrade_renamed
 from lab.generation.correction import CORRECTIONS, NoCorrection, check_compatible
 from lab.generation.sampling import SampleOptions, make_cond, sample_images
@@ -34,15 +35,15 @@ from lab.quantizers import build_quantizer
 from lab.runtime.files import atomic_torch_save, exclusive, process_rank, runs_root
 from lab.runtime.progress import Progress, phase
 from lab.runtime.published import install_published_tokenizer, published_tokenizer
-from lab.runtime.machine import metrics_record, resolve_precision, resolve_run_settings
+from lab.runtime.machine import metrics_record, resolve_precision
 from lab.runtime.safety import load_checkpoint
-from lab.runtime.signals import Interruption
+from lab.runtime.interruption import Interruption
 from lab.runtime.trainer import cpu_load, timer_of
 from lab.stages.common import (begin_resume, build_datamodule, build_trainer, eval_device, log_final,
-                               make_run_dir, seed_all, step_flops, summary, write_metrics)
+                               make_run_dir, resolve_run_settings, seed_all, step_flops, summary, write_metrics)
 from lab.stages.tokenizer import run_tokenizer
+from lab.stages.build import build_tokenizer, generator_module, tokenizer_module
 from lab.train.generator import GeneratorModule
-from lab.train.modules import TokenizerModule
 
 TOKENIZER_KEYS = ("data", "quantizer", "tokenizer", "loss", "tokenizer_train")
 
@@ -95,8 +96,11 @@ def load_tokenizer(path: str | Path):
     """A TokenizerModule from a checkpoint or a run directory (strict: a shape mismatch is an error)."""
     ckpt = checkpoint_in(Path(path))
     try:
-        load_checkpoint(ckpt)  # weights_only: a crafted file is a ConfigError before Lightning reads it
-        module = TokenizerModule.load_from_checkpoint(str(ckpt), map_location="cpu", strict=True, weights_only=True)
+        data = load_checkpoint(ckpt)  # weights_only: a crafted file is refused before any of it runs
+        # a 0.1 checkpoint's names are upgraded here, where a checkpoint comes in (sample.cfg -> sample.guidance)
+        module = tokenizer_module(upgrade_renamed(data["hyper_parameters"]["cfg"], note=False))
+        module.on_load_checkpoint(data)
+        module.load_state_dict(data["state_dict"], strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"The tokenizer checkpoint {ckpt} does not match its configuration: {first}") from None
@@ -114,8 +118,7 @@ def load_generator(run_dir: Path):
     if not isinstance(hp, dict) or not isinstance(hp.get("cfg"), dict) or hp["cfg"].get("stage") != "generator":
         raise ConfigError(f"{ckpt_path} is not a bitlab generator checkpoint.")
     cfg = upgrade_renamed(hp["cfg"], note=False)  # (0.1 checkpoints: sample.cfg)
-    tok = Tokenizer(quantizer=cfg["quantizer"], **cfg["tokenizer"])
-    module = GeneratorModule(cfg, tok, num_classes=hp["num_classes"])
+    module = generator_module(cfg, build_tokenizer(cfg), num_classes=hp["num_classes"])
     try:
         module.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
@@ -137,7 +140,7 @@ def resolve_tokenizer(cfg: DictConfig):
     if cfg["tokenizer_from"]:
         path = tokenizer_from(cfg)
         module = load_tokenizer(path)
-        theirs, ours = to_dict(module.cfg["quantizer"]), to_dict(cfg["quantizer"])
+        theirs, ours = to_dict(module.hparams["cfg"]["quantizer"]), to_dict(cfg["quantizer"])
         if theirs != ours:
             raise ConfigError(
                 f"tokenizer_from={path} was trained with quantizer {theirs}, but this experiment says {ours}. "
@@ -243,10 +246,7 @@ def cache_text(dm, cfg: DictConfig, key: str) -> dict:
 
 def sample_opts(config: Any, **kw) -> SampleOptions:
     """The run's ``sample:`` options, with keyword overrides (``guidance=3.0``, ``seed=1``, ...)."""
-    s = config["sample"]
-    base = dict(guidance=s["guidance"], guidance_schedule=s["guidance_schedule"], temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"])
-    base.update(kw)
-    return SampleOptions(**base)
+    return SampleOptions.of(sections(config).sample, **kw)
 
 
 @torch.no_grad()
@@ -396,7 +396,7 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
     check_eval_size(cfg["eval"]["fid_samples"], len(dm.splits["validation"]))  # before any training
     tok_module, tdir = resolve_tokenizer(cfg)
     seed_all(cfg)
-    module = GeneratorModule(to_dict(cfg), tok_module.tokenizer, num_classes=dm.num_classes)
+    module = generator_module(cfg, tok_module.tokenizer, num_classes=dm.num_classes)
     cache_features(module, dm, tdir, cfg)
     if cfg["compile"]:
         module.model.compile()  # in place: parameter names (and checkpoints) are unchanged
@@ -421,7 +421,7 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
             params=count_params(module.model) + count_params(module.head), head_params=module.head_params(),
             steps=int(trainer.global_step), wall_time_s=time.time() - t0, train_time_s=train_time,
             peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(), tokenizer=str(tdir), flops_per_step=step_flops(module, dm),
-            steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg),
+            steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg["resolved"]),
             **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
         )
         write_metrics(run_dir, metrics)

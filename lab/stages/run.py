@@ -9,10 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from lab.runtime.files import atomic_torch_save, atomic_write, exclusive, process_rank, runs_root  # noqa: F401 (re-exported)
 from lab.runtime.runlock import released_after
-from lab.runtime.trainer import cpu_load, share_cpu_threads  # noqa: F401 (re-exported)
-from lab.stages.common import build_datamodule, build_trainer, make_run_dir  # noqa: F401 (re-exported)
 from lab.stages.generator import run_generator
 from lab.stages.preflight import check_run
 from lab.stages.tokenizer import run_tokenizer

@@ -11,19 +11,20 @@ import torch
 import torchvision
 from omegaconf import DictConfig
 
-from lab.core.registry import save_config, to_dict
+from lab.core.registry import save_config
 from lab.data.datasets import ImageDataModule
 from lab.metrics.evaluate import evaluate_tokenizer, format_per_scale
 from lab.metrics.fid_protocol import check_eval_size
 from lab.metrics.measures import count_params, peak_memory_mb, reset_peak_memory
 from lab.runtime.files import process_rank
-from lab.runtime.machine import metrics_record, resolve_run_settings
-from lab.runtime.signals import Interruption
+from lab.runtime.machine import metrics_record
+from lab.runtime.interruption import Interruption
 from lab.runtime.trainer import cpu_load, timer_of
 from lab.stages.common import (begin_resume, build_datamodule, build_trainer, eval_device, log_final,
-                               make_run_dir, seed_all, step_flops, summary, write_metrics)
+                               make_run_dir, resolve_run_settings, seed_all, step_flops, summary, write_metrics)
 from lab.runtime.progress import phase
-from lab.train.modules import TokenizerModule, image_grid
+from lab.stages.build import tokenizer_module
+from lab.train.modules import image_grid
 
 
 def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
@@ -33,7 +34,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     dm = build_datamodule(cfg)
     dm.setup("fit")  # data problems surface before a run directory exists
     check_eval_size(cfg["eval"]["fid_samples"], len(dm.splits["validation"]))
-    module = TokenizerModule(to_dict(cfg))
+    module = tokenizer_module(cfg)
     if cfg["compile"]:
         module.tokenizer.compile()  # in place: parameter names (and checkpoints) are unchanged
     run_dir, resuming = make_run_dir(cfg)
@@ -63,7 +64,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
         metrics.update(
             params=count_params(module.tokenizer), steps=int(trainer.global_step),
             wall_time_s=time.time() - t0, train_time_s=train_time, peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(),
-            flops_per_step=step_flops(module, dm), steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg),
+            flops_per_step=step_flops(module, dm), steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg["resolved"]),
             **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
         )
         write_metrics(run_dir, metrics)

@@ -39,8 +39,7 @@ from lab.runtime.files import process_rank, read_data, runs_root
 from lab.runtime.runlock import check_not_stale, holder, lock_path, try_lock, unlock
 from lab.stages.preflight import check_run
 from lab.stages import run as stage_run  # run_experiment looked up per call: tests and tools may wrap it
-from lab.sweeps.plan import (CASES, DEFAULT_METRICS, FAILED, FIXED_COLUMNS, Job, Point, expand, plan,  # noqa: F401
-                             set_dotted)  # (re-exported: the plan's names, as before the split)
+from lab.sweeps.plan import FAILED, expand, plan
 from lab.core.registry import ConfigError
 from lab.sweeps.records import check_records, publish_run, publish_tokenizer_of, results_dir
 from lab.sweeps.report import check_report, machine, write_report

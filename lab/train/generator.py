@@ -12,14 +12,13 @@ from typing import Any, Mapping
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from lab.core.settings import OptimSettings, SampleSettings
 from lab.train import optim
-from lab.generation.correction import CORRECTIONS, NoCorrection, check_compatible, teacher_forcing
-from lab.models.heads import build_head
+from lab.generation.correction import NoCorrection, teacher_forcing
 from lab.metrics.measures import count_params
 from lab.train.modules import CheckpointedRNG, check_finite, image_grid
-from lab.core.registry import build, upgrade_renamed
 from lab.generation.sampling import SampleOptions, sample_images, scale_token_latents
 from lab.models.tokenizer import Tokenizer
 from lab.models.transformer import Transformer
@@ -40,20 +39,25 @@ def scale_weights(scales: list[int], reweight: bool, device) -> Tensor:
 
 
 class GeneratorModule(CheckpointedRNG, pl.LightningModule):
-    def __init__(self, cfg: Mapping[str, Any], tokenizer: Tokenizer, num_classes: int):
+    """Stage 2 on a frozen ``tokenizer``. The stage builds every component (lab/stages/build.py: ``model``,
+    ``head``, ``correction``) and hands it here with the typed sections it uses. ``record``: the run's resolved
+    config as a plain dict, kept in every checkpoint's ``hyper_parameters["cfg"]`` (with ``num_classes``) so that
+    lab/stages/generator.py ``load_generator`` can rebuild the module; never read here."""
+
+    def __init__(self, tokenizer: Tokenizer, model: Transformer, head: nn.Module, correction: Any, *,
+                 optim: OptimSettings, sample: SampleSettings, scale_reweight: bool, num_classes: int,
+                 record: Mapping[str, Any]):
         super().__init__()
-        self.cfg = upgrade_renamed(cfg, note=False)  # a checkpoint of 0.1 names guidance sample.cfg
-        self.save_hyperparameters({"cfg": self.cfg, "num_classes": num_classes})
+        self.save_hyperparameters({"cfg": dict(record), "num_classes": num_classes})
         self.tokenizer = tokenizer.eval()
         for p in self.tokenizer.parameters():
             p.requires_grad_(False)
-        msq = tokenizer.msq
-        self.model = Transformer(latent_dim=tokenizer.latent_dim, scales=msq.scales, num_classes=num_classes, **cfg["generator"])
-        self.head = build_head(cfg["head"], width=self.model.width, code_kind=msq.code_kind, bits=msq.bits,
-                               vocab_size=msq.vocab_size, levels=msq.levels)
-        self.correction = build(CORRECTIONS, cfg["correction"], "correction")
-        check_compatible(self.correction, msq.code_kind, str(cfg["quantizer"]["name"]))
-        self.register_buffer("weights", scale_weights(msq.scales, cfg["generator_loss"]["scale_reweight"], "cpu"), persistent=False)
+        self.model = model
+        self.head = head
+        self.correction = correction
+        self.optim_settings = optim
+        self.sample_settings = sample
+        self.register_buffer("weights", scale_weights(tokenizer.msq.scales, scale_reweight, "cpu"), persistent=False)
         self.features: dict[str, Tensor] = {}  # split -> (N, C, H, W) cached encoder features
         self.text: dict[str, tuple[Tensor, Tensor]] = {}  # split -> (states (N, T, 384), mask (N, T))
 
@@ -145,7 +149,7 @@ class GeneratorModule(CheckpointedRNG, pl.LightningModule):
         exp = getattr(self.logger, "experiment", None)
         if exp is None or not hasattr(exp, "add_image"):
             return
-        imgs = self.sample_grid(n=self.cfg["sample"]["grid"])
+        imgs = self.sample_grid(n=self.sample_settings.grid)
         exp.add_image("samples", image_grid([imgs], imgs.shape[0]), self.global_step)
 
     def grid_conditions(self, n: int) -> dict:
@@ -162,16 +166,14 @@ class GeneratorModule(CheckpointedRNG, pl.LightningModule):
     def sample_grid(self, n: int, opts: SampleOptions | None = None) -> Tensor:
         was = self.training
         self.eval()
-        sc = self.cfg["sample"]
-        opts = opts or SampleOptions(guidance=sc["guidance"], guidance_schedule=sc["guidance_schedule"], temperature=sc["temperature"],
-                                     top_k=sc["top_k"], top_p=sc["top_p"], seed=0)
+        opts = opts or SampleOptions.of(self.sample_settings, seed=0)
         cond = self.grid_conditions(n)
         imgs = sample_images(self.model, self.head, self.tokenizer, batch_size=n, opts=opts, **cond)
         self.train(was)
         return imgs
 
     def configure_optimizers(self):
-        return optim.configure(torch.nn.ModuleList([self.model, self.head]), self.cfg["optim"], self.trainer.max_steps)
+        return optim.configure(torch.nn.ModuleList([self.model, self.head]), self.optim_settings, self.trainer.max_steps)
 
     def head_params(self) -> int:
         return count_params(self.head)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor
 
+from lab.core.settings import LossSettings, OptimSettings
 from lab.train import optim
 from lab.metrics.measures import LPIPS, psnr
 from lab.models.tokenizer import Tokenizer
@@ -72,26 +73,29 @@ def image_grid(rows: list[Tensor], nrow: int) -> Tensor:
 
 
 class TokenizerModule(CheckpointedRNG, pl.LightningModule):
-    def __init__(self, cfg: Mapping[str, Any]):
+    """Stage 1: trains ``tokenizer`` (built by the stage, lab/stages/build.py) on reconstruction + LPIPS + the
+    quantizer's own loss. ``record``: the run's resolved config as a plain dict, kept in every checkpoint's
+    ``hyper_parameters["cfg"]`` so that lab/stages/generator.py ``load_tokenizer`` can rebuild the module; never
+    read here."""
+
+    def __init__(self, tokenizer: Tokenizer, *, optim: OptimSettings, loss: LossSettings,
+                 eval_lpips_size: int | None, record: Mapping[str, Any]):
         super().__init__()
-        self.cfg = dict(cfg)
-        self.save_hyperparameters({"cfg": self.cfg})
-        self.tokenizer = Tokenizer(quantizer=cfg["quantizer"], **cfg["tokenizer"])
-        self.tokenizer.check_image_size(cfg["loader"]["image_size"])
+        self.save_hyperparameters({"cfg": dict(record)})
+        self.tokenizer = tokenizer
+        self.optim_settings = optim
         # An exponential moving average of the weights (optim.ema_decay > 0): validation, the final metrics
         # and every downstream use (adopt_ema) take the averaged tokenizer; checkpoints hold both.
-        self.ema_decay = float(cfg["optim"].get("ema_decay") or 0.0)
+        self.ema_decay = float(optim.ema_decay or 0.0)
         if self.ema_decay:
             self.tokenizer_ema = copy.deepcopy(self.tokenizer).requires_grad_(False)
-        loss = cfg["loss"]
-        self.recon = F.l1_loss if loss["recon"] == "l1" else F.mse_loss
-        self.lpips_weight = loss["lpips_weight"]
+        self.recon = F.l1_loss if loss.recon == "l1" else F.mse_loss
+        self.lpips_weight = loss.lpips_weight
         # Frozen metric networks, kept out of the state dict so checkpoints hold only the model: the training
         # loss's LPIPS (loss.lpips_size) and the reported one (eval.lpips_size), shared when the sizes agree.
-        train_lp = LPIPS(net=loss["lpips_net"], resize_to=loss["lpips_size"])
-        eval_size = cfg.get("eval", {}).get("lpips_size", loss["lpips_size"])
-        self._lpips = [train_lp, train_lp if eval_size == loss["lpips_size"] else
-                       LPIPS(net=loss["lpips_net"], resize_to=eval_size)]
+        train_lp = LPIPS(net=loss.lpips_net, resize_to=loss.lpips_size)
+        self._lpips = [train_lp, train_lp if eval_lpips_size == loss.lpips_size else
+                       LPIPS(net=loss.lpips_net, resize_to=eval_lpips_size)]
 
     def _on_device(self, net: LPIPS) -> LPIPS:
         if next(net.parameters()).device != self.device:
@@ -172,4 +176,4 @@ class TokenizerModule(CheckpointedRNG, pl.LightningModule):
                 exp.add_image("val/progressive", image_grid([x] + prefixes, n), self.global_step)
 
     def configure_optimizers(self):
-        return optim.configure(self.tokenizer, self.cfg["optim"], self.trainer.max_steps)
+        return optim.configure(self.tokenizer, self.optim_settings, self.trainer.max_steps)

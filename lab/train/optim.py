@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
-
 import torch
 from torch import nn
+
+from lab.core.settings import OptimSettings
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -25,15 +25,11 @@ def warmup_cosine(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio:
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def configure(module: nn.Module, optim: Mapping[str, Any], max_steps: int) -> dict:
+def configure(module: nn.Module, optim: OptimSettings, max_steps: int) -> dict:
     """Lightning's ``configure_optimizers`` return value."""
-    opt = torch.optim.AdamW(
-        param_groups(module, optim["weight_decay"]), lr=optim["learning_rate"], betas=tuple(optim["betas"])
-    )
+    opt = torch.optim.AdamW(param_groups(module, optim.weight_decay), lr=optim.learning_rate, betas=tuple(optim.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: warmup_cosine(
-            s, warmup_steps=optim["warmup_steps"], max_steps=max_steps, min_lr_ratio=optim["min_lr_ratio"]
-        ),
+        lambda s: warmup_cosine(s, warmup_steps=optim.warmup_steps, max_steps=max_steps, min_lr_ratio=optim.min_lr_ratio),
     )
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
