@@ -36,4 +36,5 @@ def configure(module: nn.Module, optim: Mapping[str, Any], max_steps: int) -> di
             s, warmup_steps=optim["warmup_steps"], max_steps=max_steps, min_lr_ratio=optim["min_lr_ratio"]
         ),
     )
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    # named: LearningRateMonitor logs it as train/lr (beside the losses in TensorBoard), not as a group of its own
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "train/lr"}}
