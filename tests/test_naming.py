@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from lab.config import ConfigError, load_experiment
 from lab.core.registry import save_config, to_dict
@@ -57,7 +58,7 @@ def test_old_records_and_resumes_ignore_names_and_tags(tmp_path):
     new = load_experiment("quickstart", ["preset=smoke", "run_name=renamed", "tags=[a]"])
     old = to_dict(new)
     del old["run_name"], old["tags"]  # a config.yaml written before names existed
-    (tmp_path / "config.yaml").write_text(__import__("yaml").safe_dump(old))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     assert config_differences(read_config(tmp_path / "config.yaml"), to_dict(new)) == []
     assert record_differences(read_config(tmp_path / "config.yaml"), to_dict(new)) == []
     # a resume under another name and other tags continues the same run
