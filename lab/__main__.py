@@ -10,6 +10,27 @@ import sys
 _PLAIN_KEYS = ("seeds", "preset", "runs_dir", "seed", "report.baseline", "publish", "sweep", "report")
 
 
+# `run --help`: the keys that are not model settings (every key: experiments/base.yaml, or --dry-run)
+RUN_KEYS = """special keys (key=value, like any override; every other key: experiments/base.yaml):
+  preset=cpu|smoke|gpu    the scale: smoke is a quick check (tiny data, a few steps); gpu: paper-like
+  seed=N                  the random seed (default 0)
+  run_name=NAME           the run's name (default: the experiment's, plus the data, quantizer, head or
+                          generator size this run changes, e.g. quickstart-imagefolder)
+  tags=[a,b]              short words to group and select runs by (lab compare --tag a)
+  runs_dir=DIR            where runs go (default runs): DIR/<experiment>/<run_name>-<time>-s<seed>
+  run_id=ID               the run directory's name, instead of <run_name>-<time>-s<seed>
+  resume=true             continue the latest run of this experiment (or run_id=ID) from its checkpoint
+  resume_allow=[key,...]  keys a resume may change on purpose, e.g. [trainer.max_steps]
+  tokenizer_from=PATH     a generator: this tokenizer checkpoint or run directory, not a new one
+  publish=DIR, --publish  a suite: publish each finished run's record into DIR (default results/<suite>)
+
+examples:
+  python -m lab run quickstart preset=smoke
+  python -m lab run quickstart data.name=imagefolder data.path=~/photos tags=[photos]
+  python -m lab run generator/c2i_fashion tokenizer_from=runs/tokenizer/bsq/<run> run_name=bsq-gen
+"""
+
+
 def _fail(msg: str, code: int = 2) -> None:
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
@@ -137,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     from lab.sweeps import findings  # light at import: reads results/, imports scipy only when it runs
 
     findings.register(sub)
-    p = sub.add_parser("run", help="train and evaluate an experiment (or a sweep)")
+    p = sub.add_parser("run", help="train and evaluate an experiment (or a sweep)", epilog=RUN_KEYS,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="experiment path under experiments/, e.g. quickstart or tokenizer/bsq")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. trainer.max_steps=200")
     p.add_argument("--dry-run", dest="dry_run", action="store_true",

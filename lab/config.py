@@ -268,6 +268,7 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
 
     ``layer`` (nested dict, e.g. one grid point of a sweep) is merged after the preset and before the command
     line: the preset sets the scale, the swept keys keep their values at every scale."""
+    from lab.runtime.naming import check_run_name, check_tags, default_run_name
     from lab.runtime.safety import check_experiment_name, check_ranges, refuse_unused
 
     name = str(name).removesuffix(".yaml")
@@ -291,7 +292,9 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
     if preset not in PRESETS:
         raise ConfigError(f"Unknown preset '{preset}'.{suggest(str(preset), list(PRESETS))}")
     # the preset's overrides, then the command line again so that it always wins
-    cfg = merge(merge(merge(cfg, (cfg.get("presets") or {}).get(preset) or {}), layer or {}), cli)
+    scale = (cfg.get("presets") or {}).get(preset) or {}
+    experiment = merge(merge(base, exp), scale)  # the experiment's own values at this scale (for the default run name)
+    cfg = merge(merge(merge(cfg, scale), layer or {}), cli)
     cfg["name"] = name
     if cfg.get("stage") not in STAGES:
         raise ConfigError(f"Unknown stage '{cfg.get('stage')}'.{suggest(str(cfg.get('stage')), list(STAGES))}")
@@ -306,6 +309,12 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
 
         check_seeds(cfg["seeds"], False)  # (the smoke preset's seeds: [0] serves sweeps and is ignored elsewhere)
     check_ranges(cfg)
+    if isinstance(cfg.get("run_name"), (int, float)) and not isinstance(cfg["run_name"], bool):
+        cfg["run_name"] = str(cfg["run_name"])  # run_name=2024: a name, though YAML reads a number
+    check_run_name(cfg.get("run_name"))
+    check_tags(cfg.get("tags"))
+    if cfg.get("run_name") is None and not cfg.get("resume"):  # (a resume keeps the run's own: lab/stages/common.py)
+        cfg["run_name"] = default_run_name(name, experiment, cfg)  # in config.yaml: the name every view shows
     if validate:  # (these import torch)
         _check_eval(cfg.get("eval") or {})
         check_image_size(cfg)

@@ -101,7 +101,7 @@ def test_tokenizer_and_generator_runs_share_one_hparams_schema(tmp_path):
     assert hp_gen["Run"] == "ablations/head_index_vs_bitwise case=vq-2^12 head.name=index s0"
     assert hp_tok["Stage"] == "tokenizer" and hp_tok["quantizer.codebook_size"] == 4096.0
     assert hp_tok["quantizer.bits"] != hp_tok["quantizer.bits"]  # NaN: a key this run does not have
-    assert tracking.final_scalars(gen, {"val_loss": 8.5, "gfid": 100.0})["final/val_index_ce"] == 8.5
+    assert tracking.final_scalars(gen, {"val_loss": 8.5, "gfid": 100.0})["z_final/val_index_ce"] == 8.5
 
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
@@ -118,7 +118,11 @@ def test_tokenizer_and_generator_runs_share_one_hparams_schema(tmp_path):
         content = acc.PluginTagToContent("hparams")["_hparams_/experiment"]
         experiments.append(HParamsPluginData.FromString(content).experiment)
     assert experiments[0] == experiments[1]  # whichever TensorBoard reads first, every run has its columns
-    assert {m.name.tag for m in experiments[0].metric_infos} >= {"final/psnr", "final/gfid", "final/val_bits_bce"}
+    assert {m.name.tag for m in experiments[0].metric_infos} >= {"z_final/psnr", "z_final/gfid", "z_final/val_bits_bce"}
+    assert {m.display_name for m in experiments[0].metric_infos} >= {"psnr", "gfid", "val_bits_bce"}
+    # the five columns TensorBoard shows at first (differs, by name) tell runs apart, data.name among them
+    shown = sorted(h.name for h in experiments[0].hparam_infos if h.differs)
+    assert shown == sorted(tracking.SHOWN) and "data.name" in shown and len(shown) == 5
 
 
 def test_quiet_hides_only_the_named_messages(monkeypatch):

@@ -110,10 +110,7 @@ def table(paths: Sequence[str | Path], all_metrics: bool = False, wide: bool = T
 
 
 def _tags(run_dir: Path) -> list[str]:
-    try:
-        tags = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("tags") or []
-    except yaml.YAMLError:
-        return []
+    tags = read_data(run_dir / "config.yaml").get("tags") or []  # (a damaged file: one paragraph naming it)
     return [str(t) for t in tags] if isinstance(tags, list) else []
 
 

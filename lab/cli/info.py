@@ -10,7 +10,6 @@ import json
 import re
 import shutil
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -101,7 +100,9 @@ def planned_run_dir(cfg: Any) -> str:
     if cfg["run_id"]:
         run_dir = base / str(cfg["run_id"])
         return str(run_dir) + (" (exists: the run would be refused)" if run_dir.exists() else "")
-    return str(base / f"{datetime.now():%Y%m%d-%H%M%S}-s{cfg['seed']}") + " (a new id from the start time and the seed)"
+    from lab.runtime.naming import new_run_id
+
+    return str(base / new_run_id(cfg)) + " (a new id: the run's name, the start time and the seed)"
 
 
 def dry_run(name: str, overrides: Sequence[str]) -> None:

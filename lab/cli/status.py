@@ -63,9 +63,9 @@ def status(name: str, overrides: Sequence[str] = (), publish: str | None = None)
         print(f"time per run: {fmt_duration(per_run)} measured {where}; about {fmt_duration(per_run * left)} left "
               f"for {left} run(s) on one machine")
     elif left:
-        print(f"time per run: not measured yet (no finished run); see the suite's header for the estimate")
+        print("time per run: not measured yet (no finished run); see the suite's header for the estimate")
     if left:
-        print(f"continue: {command}" + (f"   (or split it: --shard I/K on K machines)" if left > 1 else ""))
+        print(f"continue: {command}" + ("   (or split it: --shard I/K on K machines)" if left > 1 else ""))
         if missing:
             print("not started: " + ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else ""))
     else:

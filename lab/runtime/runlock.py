@@ -110,8 +110,10 @@ def released_after() -> Iterator[None]:
 # ------------------------------------------------------------------------------------------------ resume
 # Keys that may differ between a run and its resume without changing the result.
 # ("resolved" records the machine and why `auto` settings took their values: the values themselves are compared.)
+# (run_name and tags are bookkeeping: a resume may rename or retag a run, and a sweep's runs are never stale for them.)
 RESUME_IGNORED = ("resume", "run_id", "runs_dir", "resume_allow", "compile", "checkpoint_every_n_steps", "presets",
-                  "sweep", "seeds", "report", "publish", "loader.num_workers", "trainer.enable_progress_bar", "resolved")
+                  "sweep", "seeds", "report", "publish", "loader.num_workers", "trainer.enable_progress_bar", "resolved",
+                  "run_name", "tags")
 
 
 # Keys added to base.yaml after runs were recorded, with the default they were added with: a recorded config

@@ -3,7 +3,15 @@
 Every run, tokenizer or generator, writes the SAME HParams experiment summary (``HPARAM_KEYS``,
 ``FINAL_METRICS``): TensorBoard shows the summary of whichever run it reads first, so with a shared one the
 tokenizer and generator runs of a logdir sit side by side in one table, blank only where a metric does not
-apply to a stage. The first columns identify the run: a readable name (experiment, swept values, seed).
+apply to a stage. The first columns identify the run: its name (lab/runtime/naming.py), tags, directory, data.
+
+What TensorBoard shows first: it orders the card groups of its Time Series page by tag name and opens the first
+two, so the learning curves keep ``train/`` (the learning rate included) and ``val/`` (with the image grids of
+each validation), the per-scale curves follow (``val_scale/``, ``val_scale_final/``: the end-of-run value at each
+scale, x = the scale's side) and the end-of-run values come last (``z_final/``: the headline metrics of HParams
+and a grid of reconstructions or samples, logged for every run, validated or not). Settings (processes, batch
+per process, FID / KID sizes ...) are HParams columns and a text summary, never scalar charts; Lightning's
+``epoch`` scalar is dropped. A Custom Scalars layout draws every scale of a per-scale loss in one chart.
 """
 from __future__ import annotations
 
@@ -16,26 +24,37 @@ from typing import Any, Sequence
 from lab.core.registry import ConfigError
 from lab.core.registry import suggest, to_dict
 from lab.core.settings import loss_tag
+from lab.runtime.naming import run_name, run_tags
 
 LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
 _NEEDS = {"wandb": "wandb", "mlflow": "mlflow"}  # logger -> the package it needs (not a bitlab dependency)
 
 # Identity columns first (capitalised: TensorBoard sorts them before the lower-case config keys), then the config
-# keys the experiments and sweeps vary. Numbers are numeric columns; a key a run does not have is blank/NaN.
-ID_KEYS = ("Experiment", "Run", "Seed", "Swept", "Stage")
+# keys the experiments and sweeps vary, then the settings a run used (from its metrics.json). Numbers are numeric
+# columns; a key a run does not have is blank/NaN.
+ID_KEYS = ("Experiment", "Run", "Name", "Tags", "Seed", "Swept", "Stage")
 CONFIG_KEYS = ("data.name", "quantizer.name", "quantizer.bits", "quantizer.codebook_size", "head.name",
                "correction.name", "correction.p_max", "correction.requantize", "generator.size", "generator.cond",
                "generator.order", "trainer.max_steps", "trainer.precision", "loader.batch_size", "loader.image_size",
                "optim.learning_rate", "preset")
+SETTING_KEYS = ("steps", "devices", "batch_size_per_process", "precision", "fid_samples", "kid_subsets",
+                "kid_subset_size", "lpips_size")
 NUMERIC = {"Seed", "quantizer.bits", "quantizer.codebook_size", "correction.p_max", "trainer.max_steps",
-           "loader.batch_size", "loader.image_size", "optim.learning_rate"}
-HPARAM_KEYS = ID_KEYS + CONFIG_KEYS
-# The union of both stages' headline metrics (metrics.json keys, logged as final/<key>). The generator's
-# validation loss is named by its head: a bit's BCE and a token's CE are not comparable numbers.
-FINAL_METRICS = ("psnr", "ssim", "lpips", "rfid", "rkid", "bit_entropy", "codebook_usage", "gfid", "kid",
-                 "gfid_normalized", "val_bits_bce",
+           "loader.batch_size", "loader.image_size", "optim.learning_rate", "steps", "devices",
+           "batch_size_per_process", "fid_samples", "kid_subsets", "kid_subset_size", "lpips_size"}
+HPARAM_KEYS = ID_KEYS + CONFIG_KEYS + SETTING_KEYS
+# TensorBoard's HParams table shows the first five columns marked `differs` (by name, capitals first) and hides the
+# others behind a checkbox: these five tell the runs apart (the Run column holds the seed and the swept values).
+SHOWN = ("Experiment", "Name", "Run", "Tags", "data.name")
+# The union of both stages' headline metrics (metrics.json keys, logged as z_final/<key>: HParams' metric columns).
+# The generator's validation loss is named by its head: a bit's BCE and a token's CE are not comparable numbers.
+FINAL_METRICS = ("psnr", "ssim", "lpips", "baseline_psnr", "baseline_lpips", "rfid", "rkid", "bit_entropy",
+                 "codebook_usage", "gfid", "kid", "gfid_normalized", "kid_normalized", "val_bits_bce",
                  "val_index_ce", "bit_accuracy", "token_accuracy", "params", "head_params", "flops_per_step",
                  "train_images_per_s", "wall_time_s", "peak_memory_mb")
+# Tag prefixes: TensorBoard's Time Series page orders its card groups by name (train, val, val_scale first).
+FINAL = "z_final"
+PER_SCALE_FINAL = "val_scale_final"
 
 
 def check_loggers(names: Any) -> None:
@@ -61,7 +80,7 @@ def build_loggers(cfg: Any, run_dir: Path) -> list:
     out = []
     for n in names:
         if n == "tensorboard":
-            out.append(pl_loggers.TensorBoardLogger(save_dir=str(run_dir), name="", version="tb", default_hp_metric=False))
+            out.append(_tensorboard_logger()(save_dir=str(run_dir), name="", version="tb", default_hp_metric=False))
         elif n == "csv":
             out.append(pl_loggers.CSVLogger(save_dir=str(run_dir), name="", version="csv"))
         elif n == "wandb":
@@ -70,6 +89,18 @@ def build_loggers(cfg: Any, run_dir: Path) -> list:
             out.append(pl_loggers.MLFlowLogger(experiment_name="bitlab", run_name=run_label(cfg, run_dir),
                                                tracking_uri=f"file:{run_dir / 'mlruns'}"))
     return out
+
+
+def _tensorboard_logger() -> type:
+    """Lightning's TensorBoardLogger without the ``epoch`` scalar Lightning adds to every logged step (a staircase
+    chart that would open the page: our epochs are only the sampler's passes over the data)."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    class TensorBoard(TensorBoardLogger):
+        def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+            super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+
+    return TensorBoard
 
 
 def swept_values(run_dir: Path) -> dict:
@@ -99,11 +130,16 @@ def experiment_of(cfg: Any, run_dir: Path) -> str:
 
 
 def run_label(cfg: Any, run_dir: Path) -> str:
-    """Readable: experiment, the swept values, the seed (``ablations/order generator.order=raster s1``)."""
+    """Readable and unique. A sweep's run: the suite, the swept values, the seed (``ablations/order
+    generator.order=raster s1``); any other run: its directory's name, which starts with the run's name
+    (``quickstart-imagefolder-20250101-120000-s0``; a ``run_id`` of one's own comes after the name)."""
     cfg = cfg if isinstance(cfg, dict) else to_dict(cfg)
     swept = " ".join(f"{k}={v}" for k, v in swept_values(run_dir).items())
     if str(cfg["name"]).startswith("_tokenizers/"):  # a generator's cached tokenizer stage: say what it is
         swept = f"data={_get(cfg, 'data.name')} quantizer={_get(cfg, 'quantizer.name')}"
+    elif not swept:
+        name, own = run_name(cfg), Path(run_dir).name
+        return own if own.startswith(name) else f"{name} {own}"
     return " ".join(p for p in (experiment_of(cfg, run_dir), swept, f"s{cfg['seed']}") if p)
 
 
@@ -115,12 +151,15 @@ def _get(d: Any, dotted: str) -> Any:
     return d
 
 
-def run_hparams(cfg: Any, run_dir: Path) -> dict:
-    """The shared hparam keys with this run's values (NaN or "" where the key does not apply)."""
+def run_hparams(cfg: Any, run_dir: Path, metrics: dict | None = None) -> dict:
+    """The shared hparam keys with this run's values (NaN or "" where the key does not apply); the settings a run
+    used come from its ``metrics``."""
     c = to_dict(cfg) if not isinstance(cfg, dict) else cfg
-    out = {"Experiment": experiment_of(c, run_dir), "Run": run_label(c, run_dir), "Seed": c.get("seed"),
+    out = {"Experiment": experiment_of(c, run_dir), "Run": run_label(c, run_dir), "Name": run_name(c),
+           "Tags": ",".join(run_tags(c)), "Seed": c.get("seed"),
            "Swept": " ".join(f"{k}={v}" for k, v in swept_values(run_dir).items()), "Stage": c.get("stage")}
     out.update({k: _get(c, k) for k in CONFIG_KEYS})
+    out.update({k: (metrics or {}).get(k) for k in SETTING_KEYS})
     for k, v in out.items():
         if k in NUMERIC:
             out[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
@@ -132,12 +171,36 @@ def run_hparams(cfg: Any, run_dir: Path) -> dict:
 
 
 def final_scalars(cfg: Any, metrics: dict) -> dict:
-    """metrics.json -> ``final/<key>`` scalars (every number), the generator's val_loss under its head's name."""
-    final = {f"final/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """metrics.json -> ``z_final/<key>`` scalars of the headline metrics (``FINAL_METRICS``; the generator's val_loss
+    under its head's name). Settings and the other records go to the text summary (``summary_text``)."""
+    final = {f"{FINAL}/{k}": float(v) for k, v in metrics.items()
+             if k in FINAL_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)}
     if "val_loss" in metrics and cfg["stage"] == "generator":
         kind = loss_tag(cfg["head"]["name"])
-        final[f"final/val_{kind}"] = float(metrics["val_loss"])
+        final[f"{FINAL}/val_{kind}"] = float(metrics["val_loss"])
     return final
+
+
+def summary_text(hparams: dict, metrics: dict) -> str:
+    """The run's settings and every record of its metrics.json as one markdown table (TensorBoard's Text page)."""
+    rows = [(k, v) for k, v in hparams.items() if not (v == "" or (isinstance(v, float) and math.isnan(v)))]
+    rows += [(k, v) for k, v in metrics.items() if k not in hparams and k != "per_scale"]
+    return "| key | value |\n|---|---|\n" + "\n".join(f"| {k} | {_cell(v)} |" for k, v in rows)
+
+
+def _cell(v: Any) -> str:
+    return (f"{v:.4g}" if isinstance(v, float) else str(v)).replace("|", "/").replace("\n", " ")
+
+
+def custom_layout() -> dict:
+    """TensorBoard's Custom Scalars page (torch's layout format): every scale of a per-scale loss in one chart, and
+    the learning curves. Each chart draws the tags its regular expression matches."""
+    return {
+        "learning curves": {"training losses": ["Multiline", [r"^train/(?!lr)"]],
+                            "learning rate": ["Multiline", [r"^train/lr"]]},
+        "per scale": {"validation, every scale (during training)": ["Multiline", [r"^val_scale/"]],
+                      "end of run, along the scales (x: scale side)": ["Multiline", [rf"^{PER_SCALE_FINAL}/"]]},
+    }
 
 
 def write_hparams(tb_logger: Any, hparams: dict) -> None:
@@ -146,38 +209,50 @@ def write_hparams(tb_logger: Any, hparams: dict) -> None:
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-    exp, ssi, sei = hparams_summaries(hparams, {f"final/{m}": 0.0 for m in FINAL_METRICS})
+    exp, ssi, sei = hparams_summaries(hparams, {f"{FINAL}/{m}": 0.0 for m in FINAL_METRICS})
     data = HParamsPluginData.FromString(exp.value[0].metadata.plugin_data.content)
     del data.experiment.hparam_infos[:]  # declared from the shared lists, not from this run's value types
     data.experiment.hparam_infos.extend(
         HParamInfo(name=k, type=DataType.Value("DATA_TYPE_FLOAT64" if k in NUMERIC else "DATA_TYPE_STRING"),
-                   differs=k in ID_KEYS)  # (TensorBoard puts the columns that differ first)
+                   differs=k in SHOWN)  # (TensorBoard shows five columns that differ at first: SHOWN)
         for k in HPARAM_KEYS)
+    for m in data.experiment.metric_infos:
+        m.display_name = m.name.tag.split("/", 1)[-1]  # psnr, not z_final/psnr
     exp.value[0].metadata.plugin_data.content = data.SerializeToString()
     writer = tb_logger.experiment._get_file_writer()
     for s in (exp, ssi, sei):
         writer.add_summary(s)
 
 
-def log_final(trainer: Any, cfg: Any, metrics: dict, run_dir: Path | None = None) -> None:
-    """Final metrics as scalars to every logger, and the run's row of the shared HParams view."""
+def log_final(trainer: Any, cfg: Any, metrics: dict, run_dir: Path | None = None,
+              images: dict | None = None) -> None:
+    """Final metrics as scalars to every logger, the run's row of the shared HParams view, and in TensorBoard the
+    per-scale curves, the settings as text and ``images`` ({name: (3, H, W) in [0, 1]}, e.g. a reconstruction
+    grid) under ``z_final/``."""
     from pytorch_lightning.loggers import TensorBoardLogger
 
     loggers = list(getattr(trainer, "loggers", None) or [])
     if not loggers:
         return
     run_dir = Path(run_dir) if run_dir is not None else Path(trainer.default_root_dir)
-    hp, final = run_hparams(cfg, run_dir), final_scalars(cfg, metrics)
+    hp, final = run_hparams(cfg, run_dir, metrics), final_scalars(cfg, metrics)
     per = metrics.get("per_scale") or {}
-    for key, values in per.items():
-        if key != "scale":
-            for s, v in zip(per["scale"], values):
-                final[f"final_per_scale/{key}_{s}x{s}"] = float(v)
+    curves = {key: list(zip(per["scale"], values)) for key, values in per.items() if key != "scale"}
+    step = int(trainer.global_step)
     for lg in loggers:
         if isinstance(lg, TensorBoardLogger):
             write_hparams(lg, hp)
+            lg.log_metrics(final, step=step)
+            w = lg.experiment
+            for key, points in curves.items():  # one chart per metric along the scales (x: the scale's side)
+                for s, v in points:
+                    w.add_scalar(f"{PER_SCALE_FINAL}/{key}", float(v), int(s))
+            w.add_text("summary", summary_text(hp, metrics), step)
+            w.add_custom_scalars(custom_layout())
+            for tag, img in (images or {}).items():
+                w.add_image(f"{FINAL}/{tag}", img, step)
         else:
             lg.log_hyperparams({k: v for k, v in hp.items() if not (isinstance(v, float) and math.isnan(v))})
-        lg.log_metrics(final, step=int(trainer.global_step))
+            lg.log_metrics(final | {f"{FINAL}_per_scale/{key}_{s}x{s}": float(v)
+                                    for key, points in curves.items() for s, v in points}, step=step)
         lg.finalize("success")
-

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,8 @@ from lab.quantizers.base import local_statistics
 from lab.runtime import quiet
 from lab.runtime.files import atomic_write, process_rank, runs_root
 from lab.runtime.machine import resolve_precision, resolve_settings
-from lab.runtime.runlock import check_resume, lock_run, record_resume
+from lab.runtime.naming import new_run_id, run_name, run_tags
+from lab.runtime.runlock import check_resume, lock_run, read_config, record_resume
 from lab.runtime.safety import load_checkpoint
 from lab.runtime.signals import TRAINED
 from lab.runtime.tracking import build_loggers
@@ -94,8 +94,9 @@ def _make_run_dir(cfg: Any) -> tuple[Path, bool]:
         run_dir = resume_dir(cfg)
         lock_run(run_dir)  # held until the run ends: a second resume of it (or a sweep) is refused meanwhile
         check_resume(cfg, run_dir)  # reads only: the stage records the resume once the checkpoint matches too
+        keep_name(cfg, run_dir)
         return run_dir, True
-    run_id = cfg["run_id"] or f"{datetime.now():%Y%m%d-%H%M%S}-s{cfg['seed']}"
+    run_id = cfg["run_id"] or new_run_id(cfg)  # <run_name>-<time>-s<seed>
     run_dir = base / str(run_id)
     if cfg["run_id"] and run_dir.exists():
         raise ConfigError(f"run_id={run_id} already exists at {run_dir}; a run never overwrites another. Pick another run_id or resume=true.")
@@ -106,6 +107,21 @@ def _make_run_dir(cfg: Any) -> tuple[Path, bool]:
     run_dir.mkdir(parents=True)
     lock_run(run_dir)
     return run_dir, False
+
+
+def keep_name(cfg: Any, run_dir: Path) -> None:
+    """A resume keeps the run's recorded name and tags unless its command gives others (names are bookkeeping:
+    lab/runtime/naming.py), so its summary and HParams row name the run as before."""
+    if cfg.get("run_name") is not None and cfg.get("tags"):
+        return
+    try:
+        old = read_config(run_dir / "config.yaml")
+    except ConfigError:
+        old = {}
+    if cfg.get("run_name") is None:
+        cfg["run_name"] = old.get("run_name") or run_name(cfg)
+    if not cfg.get("tags") and isinstance(old.get("tags"), list):
+        cfg["tags"] = list(old["tags"])
 
 
 def begin_resume(module: pl.LightningModule, cfg: Any, run_dir: Path) -> Path:
@@ -182,8 +198,11 @@ HEADLINE = ("psnr", "ssim", "lpips", "rfid", "rkid", "bit_entropy", "codebook_us
             "wall_time_s", "peak_memory_mb")
 
 
-def summary(run_dir: Path, metrics: dict) -> str:
+def summary(run_dir: Path, metrics: dict, cfg: Any = None) -> str:
     lines = [f"run: {run_dir}"]
+    if cfg is not None:  # what tells this run from the others: its name (data, quantizer ... where they differ), tags
+        tags = run_tags(cfg)
+        lines.append(f"  name: {run_name(cfg)}  (data: {cfg['data']['name']})" + (f"  tags: {', '.join(tags)}" if tags else ""))
     for k in HEADLINE:
         if k in metrics:
             v = metrics[k]
@@ -232,6 +251,7 @@ def flat_hparams(cfg: Any, prefix: str = "") -> dict:
     return out
 
 
-def log_final(trainer: pl.Trainer, cfg: Any, metrics: dict) -> None:
-    """Final metrics as scalars and in TensorBoard's HParams view, one view for every stage (lab/runtime/tracking.py)."""
-    log_to_loggers(trainer, cfg, metrics)
+def log_final(trainer: pl.Trainer, cfg: Any, metrics: dict, images: dict | None = None) -> None:
+    """Final metrics as scalars and in TensorBoard's HParams view, one view for every stage, and the end-of-run
+    image grids (lab/runtime/tracking.py)."""
+    log_to_loggers(trainer, cfg, metrics, images=images)

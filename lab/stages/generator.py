@@ -425,10 +425,12 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
             **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
         )
         write_metrics(run_dir, metrics)
-        log_final(trainer, cfg, metrics)
         imgs = module.sample_grid(cfg["sample"]["grid"])
-        torchvision.utils.save_image(imgs * 0.5 + 0.5, run_dir / "samples.png", nrow=int(len(imgs) ** 0.5 + 0.999))
-        print(summary(run_dir, metrics))
+        nrow = int(len(imgs) ** 0.5 + 0.999)
+        torchvision.utils.save_image(imgs * 0.5 + 0.5, run_dir / "samples.png", nrow=nrow)
+        grid = torchvision.utils.make_grid((imgs * 0.5 + 0.5).clamp(0, 1).cpu(), nrow=nrow)
+        log_final(trainer, cfg, metrics, images={"samples": grid})  # in TensorBoard too, validated or not
+        print(summary(run_dir, metrics, cfg))
         print_per_scale(metrics["per_scale"])
     return run_dir, metrics
 

@@ -68,18 +68,21 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
             **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
         )
         write_metrics(run_dir, metrics)
-        log_final(trainer, cfg, metrics)
-        save_grids(module, dm, run_dir, cfg["eval"]["grid_images"])
-        print(summary(run_dir, metrics))
+        grids = save_grids(module, dm, run_dir, cfg["eval"]["grid_images"])
+        log_final(trainer, cfg, metrics, images=grids)
+        print(summary(run_dir, metrics, cfg))
         print(format_per_scale(metrics["per_scale"]))
     return run_dir, metrics
 
 
-def save_grids(module: Any, dm: ImageDataModule, run_dir: Path, n: int) -> None:
-    """PNG grids beside the metrics: inputs vs reconstructions, and reconstructions from the first k scales."""
+def save_grids(module: Any, dm: ImageDataModule, run_dir: Path, n: int) -> dict[str, torch.Tensor]:
+    """PNG grids beside the metrics: inputs vs reconstructions, and reconstructions from the first k scales.
+    -> {name: (3, H, W) grid in [0, 1]} (TensorBoard shows them too)."""
     x = next(iter(dm.val_dataloader()))["image"][:n].to(module.device)
     tok = module.tokenizer.eval()
     with torch.no_grad():
         prefixes = tok.decode_prefixes(x)
-    torchvision.utils.save_image(image_grid([x, prefixes[-1]], n), run_dir / "reconstructions.png")
-    torchvision.utils.save_image(image_grid([x] + prefixes, n), run_dir / "progressive.png")
+    grids = {"reconstructions": image_grid([x, prefixes[-1]], n).cpu(), "progressive": image_grid([x] + prefixes, n).cpu()}
+    for name, grid in grids.items():
+        torchvision.utils.save_image(grid, run_dir / f"{name}.png")
+    return grids

@@ -150,7 +150,7 @@ class GeneratorModule(CheckpointedRNG, pl.LightningModule):
         if exp is None or not hasattr(exp, "add_image"):
             return
         imgs = self.sample_grid(n=self.sample_settings.grid)
-        exp.add_image("samples", image_grid([imgs], imgs.shape[0]), self.global_step)
+        exp.add_image("val/samples", image_grid([imgs], imgs.shape[0]), self.global_step)
 
     def grid_conditions(self, n: int) -> dict:
         """Conditions for a sample grid: classes 0..C-1 cycled, or the first val captions."""

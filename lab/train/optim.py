@@ -32,4 +32,5 @@ def configure(module: nn.Module, optim: OptimSettings, max_steps: int) -> dict:
         opt,
         lambda s: warmup_cosine(s, warmup_steps=optim.warmup_steps, max_steps=max_steps, min_lr_ratio=optim.min_lr_ratio),
     )
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    # named: LearningRateMonitor logs it as train/lr (beside the losses in TensorBoard), not as a group of its own
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "train/lr"}}
