@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import one_paragraph as _one_paragraph
+from cli_helpers import run_main as _main
 import torch
 
 from lab.config import load_experiment
@@ -102,24 +104,8 @@ def test_weight_averaging_of_a_generator_is_refused_before_training(tmp_path):
         preflight(cfg)
 
 
-def _main(capsys, *args: str) -> tuple[int, str]:
-    """``python -m lab ARGS`` in this process (fast: no new interpreter) -> (exit code, stderr)."""
-    from lab.__main__ import main
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    return e.value.code, capsys.readouterr().err
 
 
-def _one_paragraph(code: int, err: str, *expected: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    # one paragraph, last; anything before it is progress output (e.g. a dataset cache being built)
-    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
-    for e in expected:
-        assert e in errors[0], (e, errors[0])
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_helpers import one_paragraph as _one_paragraph
+from cli_helpers import run_main as _main
 import torch
 
 from lab.config import load_experiment
@@ -16,24 +18,8 @@ from lab.runtime import signals
 from lab.stages.common import resolve_run_settings
 
 
-def _main(capsys, *args: str) -> tuple[int, str]:
-    """``python -m lab ARGS`` in this process -> (exit code, stderr)."""
-    from lab.__main__ import main
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    return e.value.code, capsys.readouterr().err
 
 
-def _one_paragraph(code: int, err: str, *expected: str) -> str:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0] and "Traceback" not in err, err
-    for e in expected:
-        assert e in errors[0], (e, errors[0])
-    return errors[0]
 
 
 BAD_VALUES = [
