@@ -44,13 +44,14 @@ def test_attribution_adds_up_and_follows_backward_ops_to_their_forward_range():
         labels.module(model.mlp, "MLP")
         events, plain = profile_steps(model, step, steps=2)
     assert not model.conv._forward_hooks and not model.mlp._forward_pre_hooks  # removed on exit
-    n, wall, totals, ops = attribute(events)
+    n, wall, totals, ops, in_backward = attribute(events)
     assert n == 2 and plain > 0
     assert sum(totals.values()) == pytest.approx(wall, rel=1e-6)
     assert {"convolutions", "MLP", "data", OTHER} <= set(totals)
     assert "aten::convolution_backward (backward)" in ops["convolutions"]
     assert any(k.endswith("(backward)") for k in ops["MLP"])
     assert not any(k.endswith("(backward)") or k.startswith(BACKWARD) for k in ops["data"])
+    assert 0 < in_backward["convolutions"] < totals["convolutions"] and in_backward.get("data", 0.0) == 0.0
 
 
 def test_tokenizer_convs_are_the_models_own():
@@ -102,7 +103,7 @@ def test_roofline_and_profile_quick(tmp_path):
         rows = [r for r in prof["rows"] if r["stage"] == stage]
         assert all(r["cpu"] and r["torch"] and r["threads"] >= 1 for r in rows)
         total = next(r for r in rows if r["category"] == "step (profiled wall)")
-        assert total["ms"] > 0 and total["unprofiled_ms"] > 0 and total["overhead"] > 0
+        assert total["ms"] > 0 and total["unprofiled_ms"] > 0 and total["overhead"] > 0 and 0 < total["backward_pct"] < 100
         cats = {r["category"]: r["pct"] for r in rows if r is not total}
         assert sum(cats.values()) == pytest.approx(100.0, abs=0.5)
         assert OTHER in cats and "optimizer" in cats and "data" in cats

@@ -136,11 +136,13 @@ def label_stage(labels: Labels, module: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------------------------------ attribution
-def attribute(events) -> tuple[int, float, dict[str, float], dict[str, dict[str, float]]]:
-    """(steps, step wall microseconds, {category: own microseconds}, {category: {op: own microseconds}}) over the
-    ``bitlab::step`` ranges of a profile's events (``prof.events()``). Backward ops take the category of the
+def attribute(events) -> tuple[int, float, dict[str, float], dict[str, dict[str, float]], dict[str, float]]:
+    """(steps, step wall microseconds, {category: own microseconds}, {category: {op: own microseconds}},
+    {category: own microseconds in backward}) over the ``bitlab::step`` ranges of a profile's events
+    (``prof.events()``). Backward ops take the category of the
     forward op with their sequence number; the categories add up to the steps' wall time."""
     totals: dict[str, float] = defaultdict(float)
+    in_backward: dict[str, float] = defaultdict(float)
     ops: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     forward_category: dict[int, str] = {}
     steps = [e for e in events if e.name == STEP]
@@ -160,11 +162,12 @@ def attribute(events) -> tuple[int, float, dict[str, float], dict[str, dict[str,
         children = sorted(e.cpu_children, key=lambda c: c.time_range.start)
         own = (e.time_range.end - e.time_range.start) - sum(c.time_range.end - c.time_range.start for c in children)
         totals[category] += own
+        in_backward[category] += own if backward else 0.0
         label = BETWEEN if name.startswith(PREFIX) else name + (" (backward)" if backward and not name.startswith(BACKWARD) else "")
         ops[category][label] += own
         stack += [(c, category, backward) for c in reversed(children)]
     wall = sum(e.time_range.end - e.time_range.start for e in steps)
-    return len(steps), wall, dict(totals), {k: dict(v) for k, v in ops.items()}
+    return len(steps), wall, dict(totals), {k: dict(v) for k, v in ops.items()}, dict(in_backward)
 
 
 def top_ops(ops: dict[str, float], n: int = 3) -> str:
@@ -225,19 +228,18 @@ def profile_rows(stage: str, size: str, module, loader, precision: str, steps: i
     for _ in range(warmup):
         step()
     events, plain = profile_steps(module, step, steps)
-    n, wall, totals, ops = attribute(events)
+    n, wall, totals, ops, in_backward = attribute(events)
     what = "tokenizer (quickstart)" if stage == "tokenizer" else f"generator (c2i_fashion, size {size})"
     base = dict(stamp(torch.get_num_threads()), stage=what, precision=precision, batch=len(next(iter(loader))["image"]))
     ms = wall / 1e3 / max(n, 1)
     yield dict(base, category="step (profiled wall)", ms=ms, pct=100.0, steps=n, unprofiled_ms=1e3 * plain,
-               overhead=ms / (1e3 * plain), top_ops=f"categories add up to {100 * sum(totals.values()) / wall:.1f}%")
-    for category in CATEGORIES:
-        if category in totals and (totals[category] > 0 or category == OTHER):
-            yield dict(base, category=category, ms=totals[category] / 1e3 / n, pct=100 * totals[category] / wall,
-                       top_ops=top_ops(ops[category]))
-    for category in sorted(set(totals) - set(CATEGORIES)):  # a range named outside the table (should not happen)
-        yield dict(base, category=category, ms=totals[category] / 1e3 / n, pct=100 * totals[category] / wall,
-                   top_ops=top_ops(ops[category]))
+               overhead=ms / (1e3 * plain), backward_pct=100 * sum(in_backward.values()) / wall,
+               top_ops=f"categories add up to {100 * sum(totals.values()) / wall:.1f}%")
+    named = [c for c in CATEGORIES if c in totals and (totals[c] > 0 or c == OTHER)]
+    for category in named + sorted(set(totals) - set(CATEGORIES)):  # (a range outside the table: should not happen)
+        t = totals[category]
+        yield dict(base, category=category, ms=t / 1e3 / n, pct=100 * t / wall,
+                   backward_pct=100 * in_backward.get(category, 0.0) / t if t else None, top_ops=top_ops(ops[category]))
 
 
 def bench_profile(s: Settings) -> Iterator[dict]:
@@ -256,7 +258,8 @@ def bench_profile(s: Settings) -> Iterator[dict]:
 
 COLUMNS = [
     ("stage", "stage", "s"), ("precision", "precision", "s"), ("threads", "threads", "i"), ("batch", "batch", "i"),
-    ("category", "category", "s"), ("ms", "ms/step", "f"), ("pct", "% of step", "f"), ("unprofiled_ms", "unprofiled ms", "f"),
+    ("category", "category", "s"), ("ms", "ms/step", "f"), ("pct", "% of step", "f"), ("backward_pct", "of which backward %", "f"),
+    ("unprofiled_ms", "unprofiled ms", "f"),
     ("overhead", "profiled / unprofiled", "x"), ("top_ops", "top ops (own time, % of the category)", "s"),
     ("cpu", "CPU", "s"), ("torch", "torch", "s")]
 
