@@ -26,7 +26,7 @@ PRECISIONS = ("32-true", "bf16-mixed")
 GLOBAL_BATCH = 32  # the quickstart's and the generator experiments' batch per step
 
 
-def _build(stage: str, size: str, batch: int, quick: bool):
+def build_stage(stage: str, size: str, batch: int, quick: bool):
     """(module, train loader) of an untrained cpu-scale ``stage`` run on emoji32 at ``batch`` images per process."""
     limit = 64 if quick else 256
     common = [f"loader.batch_size={batch}", "loader.global_batch_size=null", "trainer.devices=1",
@@ -138,7 +138,7 @@ def timed_alternating(step: Callable[[bool], None], warmup: int, max_steps: int,
 
 def _measure_both(stage: str, size: str, batch: int, s: Settings, budget: float) -> dict:
     torch.manual_seed(0)
-    module, loader = _build(stage, size, batch, s.quick)
+    module, loader = build_stage(stage, size, batch, s.quick)
     model = StepLoss(module)
 
     if dist.is_available() and dist.is_initialized():

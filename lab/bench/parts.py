@@ -12,6 +12,9 @@ a list of row dicts measured side by side in one process.
   encoder features vs encoding every step, data loading's share, torch.compile.
 - ``machine``: fp32 vs bf16 autocast and one vs two processes for both stages, and what ``trainer.precision: auto``
   and ``trainer.devices: auto`` choose against the best measured (issue 12).
+- ``roofline``: measured matmul and convolution peaks at 1 and 2 threads beside the achieved FLOP/s of both stages'
+  training steps (issue 23; lab/bench/roofline.py).
+- ``profile``: where one training step's time goes, per stage, by torch.profiler (issue 23; lab/bench/step_profile.py).
 
 Timings are medians of wall-clock repeats after a warm-up; on a shared CPU they are noisy, so the ratios
 (measured in the same run) are the figures to read, not the absolute milliseconds.
@@ -26,6 +29,12 @@ from lab.bench.families import COLUMNS as FAMILY_COLUMNS
 from lab.bench.families import NOTES as FAMILY_NOTES
 from lab.bench.families import bench_families
 from lab.bench.machine import bench_machine
+from lab.bench.roofline import COLUMNS as ROOFLINE_COLUMNS
+from lab.bench.roofline import NOTES as ROOFLINE_NOTES
+from lab.bench.roofline import bench_roofline
+from lab.bench.step_profile import COLUMNS as PROFILE_COLUMNS
+from lab.bench.step_profile import NOTES as PROFILE_NOTES
+from lab.bench.step_profile import bench_profile
 from lab.bench.training import bench_training
 from lab.models.heads import bitwise_head_params, build_head, index_head_params
 from lab.generation.correction import BitFlip, NoCorrection, teacher_forcing
@@ -299,4 +308,6 @@ PARTS: dict[str, dict] = {
         notes=["train step: forward + backward + AdamW of transformer + bitwise head on random inputs (130 tokens/image).",
                "teacher_forcing: inputs and labels from cached features under a correction (bitflip = Infinity's "
                "bitwise self-correction with re-quantization); % of s step = its share of (preparation + size-s step)."]),
+    "roofline": dict(fn=bench_roofline, columns=ROOFLINE_COLUMNS, notes=ROOFLINE_NOTES),
+    "profile": dict(fn=bench_profile, columns=PROFILE_COLUMNS, notes=PROFILE_NOTES),
 }
