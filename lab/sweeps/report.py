@@ -320,11 +320,36 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
             md += [section.rstrip("\n"), ""]
     for p in plots:
         md += [f"![{p.stem}](plots/{p.name})", ""]
+    md += samples_section(jobs, out, results)
     md += ["Every run: `results.csv` (one row per run, every final metric). Rebuild this report with "
            f"`python -m lab report {suite['name']}`.", ""]
     (out / ("results.md" if out == sweep_dir else "report.md")).write_text("\n".join(md))
     print(f"[sweep {suite['name']}] results: {out / 'results.csv'}, {out / ('results.md' if out == sweep_dir else 'report.md')}, {len(plots)} plots")
     return out
+
+
+def samples_section(jobs: Sequence[Job], out: Path, results: Path | None) -> list[str]:
+    """A sample (or reconstruction) grid per case: the lowest seed's, from its run or its published record, linked
+    relative to the report (a report in results/ links the records' copies)."""
+    lines, seen = [], set()
+    for job in sorted(jobs, key=lambda j: j.seed):
+        if job.point.label in seen:
+            continue
+        for folder in (job.run_dir, find_record(results, job.point.label, job.seed)):
+            grid = next((folder / n for n in ("samples.png", "reconstructions.png") if folder and (folder / n).is_file()), None)
+            if grid is None:
+                continue
+            try:
+                rel = os.path.relpath(grid, out)
+            except ValueError:
+                continue
+            if rel.startswith(".."):  # outside the report's folder: prefer the record's copy beside it
+                if folder == job.run_dir:
+                    continue
+            seen.add(job.point.label)
+            lines += [f"**{job.point.label}**, seed {job.seed}:", "", f"![{job.point.label} s{job.seed}]({rel})", ""]
+            break
+    return (["## Samples", "", "One grid per case (its lowest finished seed):", ""] + lines) if lines else []
 
 
 def _head_name(suite: DictConfig) -> str | None:
