@@ -20,9 +20,14 @@ SNAPSHOT = ROOT / "tests" / "data" / "config_snapshot.json"
 
 
 def _digest(cfg) -> str:
+    """The config as a record comparison sees it: requested values, without the keys comparisons ignore
+    (bookkeeping such as run_name, tags, publish: lab/runtime/runlock.py RESUME_IGNORED)."""
+    from lab.runtime.runlock import RESUME_IGNORED, flatten
     from lab.sweeps.records import requested
 
-    return hashlib.sha256(json.dumps(requested(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    flat = {k: v for k, v in flatten(requested(cfg)).items()
+            if not any(k == i or k.startswith(i + ".") for i in RESUME_IGNORED)}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _entry(cfg, tokenizer_config) -> dict:

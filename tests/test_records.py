@@ -241,3 +241,16 @@ def test_bad_command_line_sweeps_are_clear_errors(tmp_experiments, tmp_path, cap
         main(["run", "one", f"runs_dir={tmp_path / 'r'}", *argv])
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_records_of_another_preset_are_neither_counted_nor_an_error(tmp_experiments, tmp_path, fake_runs):
+    (tmp_experiments / "rec.yaml").write_text(SUITE)
+    results = tmp_path / "results" / "rec"
+    run_sweep("rec", [f"runs_dir={tmp_path / 'a'}"], publish=results, shard=(1, 3))  # preset cpu: 2 records
+    fake_runs.clear()
+    smoke = ["preset=smoke", f"runs_dir={tmp_path / 'b'}"]
+    run_sweep("rec", smoke, publish=tmp_path / "smoke-results")
+    assert len(fake_runs) == 3  # the smoke grid (one seed) trains in full: the cpu records are another scale's
+    write_report("rec", smoke, out=tmp_path / "rep", results=results)
+    rows = _rows(tmp_path / "rep" / "results.csv")
+    assert {r["source"] for r in rows} == {"local"} and len(rows) == 3

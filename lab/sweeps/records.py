@@ -123,14 +123,18 @@ def find_record(results: Path | None, point_label: str, seed: int) -> Path | Non
 
 
 def check_records(jobs: list, results: Path | None) -> dict:
-    """{job index: record dir} for the jobs a published record finishes; a record made with other settings is a
-    ConfigError naming the record and the keys (before anything is trained or written)."""
+    """{job index: record dir} for the jobs a published record finishes; a record of the same preset made with other
+    settings is a ConfigError naming the record and the keys (before anything is trained or written). A record of
+    another preset belongs to another scale of the suite: neither counted nor an error."""
     out, stale = {}, []
     for i, job in enumerate(jobs):
         rec = find_record(results, job.point.label, job.seed)
         if rec is None:
             continue
-        diffs = record_differences(read_yaml(rec / "config.yaml"), _plain_cfg(job.cfg))
+        rec_cfg, job_cfg = read_yaml(rec / "config.yaml"), _plain_cfg(job.cfg)
+        if str(rec_cfg.get("preset")) != str(job_cfg.get("preset")):
+            continue  # another scale's record (a published cpu run beside a smoke check): not this run, not stale
+        diffs = record_differences(rec_cfg, job_cfg)
         if diffs:
             more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
             stale.append(f"{rec} ({'; '.join(diffs[:4])}{more})")

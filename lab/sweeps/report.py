@@ -24,7 +24,7 @@ from lab.runtime.runlock import check_not_stale
 from lab.sweeps.findings import LOSS_KINDS
 from lab.runtime.files import ROOT
 from lab.sweeps.plots import make_plots
-from lab.sweeps.records import (RecordError, check_records, find_record, hardware, hardware_kind, publish_jobs, read_metrics,
+from lab.sweeps.records import (RecordError, check_records, hardware, hardware_kind, publish_jobs, read_metrics,
                                 results_dir)
 from lab.sweeps.verdicts import DEFAULT_VERDICT_METRICS, comparisons, markdown, parse_baseline
 
@@ -53,12 +53,12 @@ def collect(suite: DictConfig, jobs: Sequence[Job], results: Path | None = None)
     a row of status ``malformed`` naming the file, never counted as finished."""
     rows = []
     sweep_dir = runs_root(suite) / suite["name"]
-    for job in jobs:
+    recorded = check_records(list(jobs), results)  # only records of these settings (another preset's: not rows)
+    for i, job in enumerate(jobs):
         row: dict[str, Any] = {"suite": suite["name"], "point": job.point.label, "seed": job.seed,
                                "run_dir": str(job.run_dir.relative_to(sweep_dir))}
         row.update(job.point.values)
-        rec = find_record(results, job.point.label, job.seed)
-        source = job.run_dir if (job.run_dir / "metrics.json").is_file() else rec
+        source = job.run_dir if (job.run_dir / "metrics.json").is_file() else recorded.get(i)
         if source is not None:
             try:
                 metrics = read_metrics(source / "metrics.json")
@@ -332,10 +332,12 @@ def samples_section(jobs: Sequence[Job], out: Path, results: Path | None) -> lis
     """A sample (or reconstruction) grid per case: the lowest seed's, from its run or its published record, linked
     relative to the report (a report in results/ links the records' copies)."""
     lines, seen = [], set()
+    recorded = check_records(list(jobs), results)
+    index = {id(j): i for i, j in enumerate(jobs)}
     for job in sorted(jobs, key=lambda j: j.seed):
         if job.point.label in seen:
             continue
-        for folder in (job.run_dir, find_record(results, job.point.label, job.seed)):
+        for folder in (job.run_dir, recorded.get(index[id(job)])):
             grid = next((folder / n for n in ("samples.png", "reconstructions.png") if folder and (folder / n).is_file()), None)
             if grid is None:
                 continue
