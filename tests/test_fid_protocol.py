@@ -187,3 +187,22 @@ def test_noise_study_writes_a_csv_and_report_from_cached_features(tmp_path, monk
     assert "python -m lab noise --data fashion_mnist" in text and "| real (validation) | 20 | 4 |" in text
     main(args)  # again: every feature from the cache
     assert calls == [64, 96]
+
+
+def test_a_checkouts_older_fid_cache_is_adopted_entry_by_entry(tmp_path, monkeypatch):
+    """A user cache that already exists still gains the entries a checkout's .cache/fid has (and keeps its own)."""
+    from lab.metrics import fid_protocol as P
+
+    monkeypatch.delenv("BITLAB_CACHE", raising=False)
+    monkeypatch.delenv("BITLAB_FID_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
+    legacy = tmp_path / "checkout" / "fid"
+    (legacy / "features").mkdir(parents=True)
+    (legacy / "features" / "prefix-abc.pt").write_bytes(b"old")
+    monkeypatch.setattr(P, "cache_root", lambda: tmp_path / "checkout")
+    d = tmp_path / "user" / "bitlab" / "fid" / P.extractor_id()
+    (d / "features").mkdir(parents=True)
+    (d / "features" / "own.pt").write_bytes(b"mine")
+    P._adopt.cache_clear()
+    assert P.fid_cache_dir() == d
+    assert (d / "features" / "prefix-abc.pt").read_bytes() == b"old" and (d / "features" / "own.pt").read_bytes() == b"mine"

@@ -65,10 +65,22 @@ def fid_cache_dir() -> Path:
         return Path(os.environ["BITLAB_FID_CACHE"])
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     d = base / "bitlab" / "fid" / extractor_id()
-    legacy = cache_root() / "fid"
-    if not d.exists() and legacy.is_dir():
-        shutil.copytree(legacy, d, ignore=shutil.ignore_patterns("*.lock", ".*tmp*"), dirs_exist_ok=True)
+    _adopt(cache_root() / "fid", d)
     return d
+
+
+@functools.lru_cache(maxsize=None)
+def _adopt(legacy: Path, d: Path) -> None:
+    """Copy a checkout's older cache entries that the user cache lacks (once per process; entries are keyed by
+    their content, so an entry present in both is the same)."""
+    if not legacy.is_dir():
+        return
+    for f in legacy.rglob("*"):
+        if f.is_file() and not f.name.endswith(".lock") and ".tmp" not in f.name:
+            target = d / f.relative_to(legacy)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, target)
 
 
 def to_uint8(images: Tensor) -> Tensor:
