@@ -87,10 +87,11 @@ def test_compare_tables_the_differing_keys_and_the_metrics(tmp_path):
 def test_tokenizer_and_generator_runs_share_one_hparams_schema(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
+    from lab.config.runs import run_info
     from lab.runtime import tracking
 
-    tok = load_experiment("tokenizer/vq", ["preset=smoke"])
-    gen = load_experiment("ablations/head_index_vs_bitwise", ["preset=smoke", "head.name=index"])
+    tok = run_info(load_experiment("tokenizer/vq", ["preset=smoke"]))
+    gen = run_info(load_experiment("ablations/head_index_vs_bitwise", ["preset=smoke", "head.name=index"]))
     sweep_run = tmp_path / "ablations" / "head" / "vq-2-12_head-index" / "s0"
     sweep_run.mkdir(parents=True)
     (sweep_run.parent.parent / "sweep.json").write_text(json.dumps({"suite": "ablations/head_index_vs_bitwise", "runs": [

@@ -132,11 +132,6 @@ def test_the_readme_and_the_package_docstring_state_this_layer_map():
 # The config's top-level sections: a subscript by one of these names below the config layer reads a config.
 SECTIONS = ("data", "loader", "quantizer", "tokenizer", "loss", "optim", "trainer", "eval", "resolved", "presets",
             "tokenizer_train", "generator", "head", "correction", "generator_loss", "sample", "sweep", "report")
-# Modules of the runtime layer that still read a whole config (issue 27, left to do): each takes the run's config
-# for what it records or checks as a whole (the runs folder, loggers and their hparams, resume and record
-# comparisons, the config's ranges). This list may only shrink.
-STILL_READ_A_CONFIG = {"lab.runtime.files", "lab.runtime.tracking", "lab.runtime.runlock", "lab.runtime.safety",
-                       "lab.runtime.naming"}  # (naming: a run's name is made from its whole config)
 # Not readers: the config's own plain helpers (to_dict, save_config: convert and write one, read nothing in it), and
 # SampleOptions' ``cfg``, the 0.1 name of ``guidance`` (a number, until 0.2).
 NOT_READERS = {("lab.core.registry", "to_dict"), ("lab.core.registry", "save_config"),
@@ -166,10 +161,8 @@ def test_lower_layers_take_plain_arguments_not_the_config():
     below = [m for m in MODULES if layer_of(m) < top]
     bad = [m for m in below if any(t == "lab.config" for t, _, _ in imports(m))]
     assert not bad, f"modules below the config layer that import lab.config: {bad}"
-    readers = {m: r for m in below if (r := config_readers(m)) and m not in STILL_READ_A_CONFIG}
+    readers = {m: r for m in below if (r := config_readers(m))}
     assert not readers, f"modules below the config layer that take a config mapping: {readers}"
-    done = sorted(m for m in STILL_READ_A_CONFIG if not config_readers(m))
-    assert not done, f"these no longer read a config: remove them from STILL_READ_A_CONFIG: {done}"
 
 
 @pytest.mark.parametrize("old", sorted(__import__("lab").MOVED))

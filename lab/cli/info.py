@@ -100,7 +100,7 @@ def planned_run_dir(cfg: Any) -> str:
     if cfg["run_id"]:
         run_dir = base / str(cfg["run_id"])
         return str(run_dir) + (" (exists: the run would be refused)" if run_dir.exists() else "")
-    from lab.runtime.naming import new_run_id
+    from lab.config.runs import new_run_id
 
     return str(base / new_run_id(cfg)) + " (a new id: the run's name, the start time and the seed)"
 

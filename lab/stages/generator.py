@@ -148,7 +148,7 @@ def resolve_tokenizer(cfg: DictConfig):
             )
         return module, (path if path.is_dir() else path.parent.parent)
     tcfg = tokenizer_config(cfg)
-    tdir = runs_root(tcfg) / tcfg["name"] / "run"
+    tdir = runs_root(tcfg["runs_dir"]) / tcfg["name"] / "run"
     if (tdir / "metrics.json").is_file():
         print(f"reusing tokenizer {tdir}")
         return load_tokenizer(tdir), tdir
@@ -188,7 +188,7 @@ def cache_features(module: GeneratorModule, dm, tdir: Path, cfg: DictConfig) -> 
     and saved every ``SAVE_EVERY_S`` seconds so that an interrupted run keeps what was encoded."""
     key = _hash({"data": to_dict(cfg["data"]), "size": cfg["loader"]["image_size"]})
     tok = module.tokenizer.eval()
-    path = runs_root(cfg) / "_features" / f"{weights_hash(tok)}-{key}.pt"
+    path = runs_root(cfg["runs_dir"]) / "_features" / f"{weights_hash(tok)}-{key}.pt"
     legacy = tdir / "features" / f"{key}.pt"  # where runs before this cache kept them
     if path.is_file() or legacy.is_file():
         feats = torch.load(path if path.is_file() else legacy, map_location="cpu", weights_only=True)
@@ -236,7 +236,7 @@ def _encode_splits(tok, dm, cfg: DictConfig, path: Path) -> dict:
 
 
 def cache_text(dm, cfg: DictConfig, key: str) -> dict:
-    path = runs_root(cfg) / "_text" / f"{key}.pt"
+    path = runs_root(cfg["runs_dir"]) / "_text" / f"{key}.pt"
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
     out = {split: encode_text(dm.captions(split)) for split in ("train", "validation")}

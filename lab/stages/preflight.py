@@ -17,7 +17,7 @@ from typing import Any
 from lab.core.registry import ConfigError, to_dict
 from lab.data.datasets import DataError, cache_folder, split_sizes
 from lab.metrics.fid_protocol import check_eval_size
-from lab.runtime.runlock import check_resume
+from lab.config.runs import check_resume
 from lab.runtime.safety import load_checkpoint
 from lab.stages.common import resolve_run_settings, resume_dir
 

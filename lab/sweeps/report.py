@@ -20,7 +20,7 @@ from lab.config import header_comment
 from lab.core.numfmt import as_number, fmt_duration
 from lab.core.stats import HIGHER, LOWER, NEUTRAL, bootstrap_correlation, direction, mean_std
 from lab.runtime.files import process_rank, read_data, runs_root
-from lab.runtime.runlock import check_not_stale
+from lab.config.runs import check_not_stale
 from lab.sweeps.findings import LOSS_KINDS
 from lab.runtime.files import ROOT
 from lab.sweeps.plots import make_plots
@@ -52,7 +52,7 @@ def collect(suite: DictConfig, jobs: Sequence[Job], results: Path | None = None)
     under ``results`` (``source`` says which, ``hardware`` what it ran on). A metrics.json that cannot be read is
     a row of status ``malformed`` naming the file, never counted as finished."""
     rows = []
-    sweep_dir = runs_root(suite) / suite["name"]
+    sweep_dir = runs_root(suite["runs_dir"]) / suite["name"]
     recorded = check_records(list(jobs), results)  # only records of these settings (another preset's: not rows)
     for i, job in enumerate(jobs):
         row: dict[str, Any] = {"suite": suite["name"], "point": job.point.label, "seed": job.seed,
@@ -272,7 +272,7 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
     published (``results``: the records' folder; default ``out`` when it is outside the runs, else the suite's
     results folder). Finished local runs are published into ``out`` when it is a results folder."""
     suite, jobs = plan(name, overrides)
-    sweep_dir = runs_root(suite) / suite["name"]
+    sweep_dir = runs_root(suite["runs_dir"]) / suite["name"]
     out = Path(out) if out is not None else sweep_dir
     if results is None:
         results = out if out != sweep_dir else results_dir(suite["name"])
@@ -411,7 +411,7 @@ def check_report(name: str, overrides: Any = (), out: str | Path | None = None, 
     table), and a report in ``out`` with more finished runs than this one would have is not replaced by it
     unless ``force`` (a published table is never overwritten by less)."""
     suite, jobs = plan(name, list(overrides))
-    sweep_dir = runs_root(suite) / suite["name"]
+    sweep_dir = runs_root(suite["runs_dir"]) / suite["name"]
     command = " ".join(["python -m lab run", suite["name"], *overrides])
     results = Path(results) if results is not None else (Path(out) if out is not None else results_dir(suite["name"]))
     recorded = check_records(jobs, results)

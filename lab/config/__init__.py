@@ -268,8 +268,10 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
 
     ``layer`` (nested dict, e.g. one grid point of a sweep) is merged after the preset and before the command
     line: the preset sets the scale, the swept keys keep their values at every scale."""
-    from lab.runtime.naming import check_run_name, check_tags, default_run_name
-    from lab.runtime.safety import check_experiment_name, check_ranges, refuse_unused
+    from lab.config.checks import check_ranges, refuse_unused
+    from lab.config.runs import default_run_name
+    from lab.runtime.naming import check_run_name, check_tags
+    from lab.runtime.safety import check_experiment_name
 
     name = str(name).removesuffix(".yaml")
     check_experiment_name(name, EXPERIMENTS)  # a name never reads a YAML outside experiments/
