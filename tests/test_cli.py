@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 import warnings
@@ -32,6 +33,14 @@ def test_list_and_help_import_no_torch_and_describe_every_experiment():
     quick = next(line for line in lines if line.startswith("quickstart"))
     stated = stated_run_time(header_comment("quickstart"))
     assert stated and stated in quick  # the run time its YAML header states
+    from lab.sweeps.timing import run_time_text
+
+    readme = {row.split("|")[1].strip(" `"): row.split("|")[4] for row in (ROOT / "README.md").read_text().splitlines()
+              if row.startswith("| `") and row.count("|") >= 5}
+    for name, line in zip(names, lines):  # a suite with published records: the measured time, the README's too
+        if measured := run_time_text(ROOT / "results" / Path(name).name):
+            assert f"measured {measured}" in line, line
+            assert measured in readme.get(name, ""), f"README's run time of {name} must be the records': {measured}"
     r = subprocess.run([sys.executable, "-c", "import sys; from lab.__main__ import main\ntry:\n main(['--help'])\n"
                         "except SystemExit: pass\nassert 'torch' not in sys.modules"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)

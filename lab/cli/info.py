@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from lab.sweeps.timing import run_time_text
 from lab.config import ROOT, available_experiments, header_comment
 
 # a duration as the YAML headers write it: "10 minutes", "9 min 18 s", "1h15m", "2 hours"
@@ -56,13 +57,8 @@ def stated_run_time(lines: Sequence[str]) -> str:
 
 
 def measured_run_time(name: str) -> str:
-    """From the committed results (results/<experiment>/): the sweep command's wall time, or a run's wall time."""
+    """From the committed results (results/<experiment>/metrics.json): the wall time of its one published run."""
     folder = ROOT / "results" / Path(name).name
-    report = folder / "report.md"
-    if report.is_file():
-        m = re.search(r"wall time, tokenizers included: (\S+) over", report.read_text())
-        if m:
-            return f"sweep measured {m.group(1)} (results/{folder.name}/report.md)"
     metrics = folder / "metrics.json"
     if metrics.is_file():
         try:
@@ -79,7 +75,8 @@ def cmd_list(args: Any = None) -> None:
     cols = shutil.get_terminal_size((10_000, 24)).columns if sys.stdout.isatty() else 10_000
     for name in names:
         lines = header_comment(name)
-        when = stated_run_time(lines) or measured_run_time(name)
+        measured = run_time_text(ROOT / "results" / Path(name).name)  # a suite's published records, per CPU kind
+        when = f"measured {measured}" if measured else stated_run_time(lines) or measured_run_time(name)
         text = describe(lines)
         text += f" [{when}]" if when and when not in text else ""
         if len(text) > cols - width:  # one line per experiment on a terminal

@@ -1,0 +1,54 @@
+"""How long a suite's runs take, measured: the median ``wall_time_s`` of its published records
+(``results/<suite>/runs/<point>/s<seed>/metrics.json``), per kind of CPU the runs recorded. This is the one figure
+``lab list``, the suite's report and the README's run-time column give (a test compares the README with it).
+
+The median, not the mean: the first run on a machine also computes the evaluation's reference features (cached
+per user afterwards), and a run that shared its cores with other work is slower; neither is a run's cost.
+"""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+from lab.core.numfmt import fmt_duration
+
+# AMD family -> (model ranges, microarchitecture); family 23 = 0x17, 25 = 0x19, 26 = 0x1A.
+_AMD = {
+    23: ((range(0x00, 0x30), "Zen"), (range(0x30, 0x100), "Zen 2")),
+    25: ((range(0x10, 0x20), "Zen 4"), (range(0x60, 0x80), "Zen 4"), (range(0xA0, 0xB0), "Zen 4"),
+         (range(0x00, 0x100), "Zen 3")),
+    26: ((range(0x00, 0x100), "Zen 5"),),
+}
+
+
+def cpu_kind(cpu: str) -> str:
+    """``AMD EPYC (family 25 model 17)`` -> ``Zen 4``; a CPU this table does not know keeps its recorded name."""
+    m = re.search(r"family (\d+) model (\d+)", cpu or "")
+    if m and "AMD" in cpu:
+        for models, kind in _AMD.get(int(m.group(1)), ()):
+            if int(m.group(2)) in models:
+                return kind
+    return cpu or "an unrecorded CPU"
+
+
+def record_times(folder: Path) -> dict[str, list[float]]:
+    """{CPU kind: [wall_time_s of each published record]} of ``results/<suite>`` (unreadable records skipped: the
+    report names them)."""
+    out: dict[str, list[float]] = {}
+    for path in sorted(Path(folder).glob("runs/*/s*/metrics.json")):
+        try:
+            m = json.loads(path.read_text())
+            wall = float(m["wall_time_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        out.setdefault(cpu_kind(str(m.get("cpu") or "")), []).append(wall)
+    return out
+
+
+def run_time_text(folder: Path) -> str:
+    """``12m03s a run (median of 6 records, Zen 5)``, one part per CPU kind; "" when there is no record."""
+    parts = [f"{fmt_duration(statistics.median(t))} a run (median of {len(t)} record{'s' * (len(t) > 1)}, {kind})"
+             for kind, t in sorted(record_times(folder).items(), key=lambda kv: -len(kv[1]))]
+    return "; ".join(parts)
