@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from lab.config import ROOT, available_experiments, header_comment, load_experiment, to_dict
+from lab.config.runs import new_run_id
+from lab.sweeps.plan import plan
 from lab.sweeps.timing import run_time_text
-from lab.config import ROOT, available_experiments, header_comment
 
 # a duration as the YAML headers write it: "10 minutes", "9 min 18 s", "1h15m", "2 hours"
 _DURATION = r"(?:\d+h\d{2}m|\d+(?:\.\d+)? ?(?:minutes|min|hours?)\b(?: \d+ ?s\b)?)"
@@ -97,7 +99,6 @@ def planned_run_dir(cfg: Any) -> str:
     if cfg["run_id"]:
         run_dir = base / str(cfg["run_id"])
         return str(run_dir) + (" (exists: the run would be refused)" if run_dir.exists() else "")
-    from lab.config.runs import new_run_id
 
     return str(base / new_run_id(cfg)) + " (a new id: the run's name, the start time and the seed)"
 
@@ -106,7 +107,6 @@ def dry_run(name: str, overrides: Sequence[str]) -> None:
     """Print the resolved config and its run directory (every point of a sweep, each with its own); write nothing."""
     from omegaconf import OmegaConf
 
-    from lab.config import load_experiment
 
     from lab.stages.preflight import check_run
 
@@ -117,8 +117,6 @@ def dry_run(name: str, overrides: Sequence[str]) -> None:
         print(f"# run directory: {planned_run_dir(cfg)}")
         print("".join(f"# note: {n}\n" for n in notes) + "# dry run: every check passed; nothing was created")
         return
-    from lab.config import to_dict
-    from lab.sweeps.plan import plan
 
     suite, jobs = plan(name, overrides)
     notes = list(dict.fromkeys(n for job in jobs for n in check_run(job.cfg)))

@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 from lab.core.registry import ConfigError
+from lab.cli.sample_grid import new_output_path, save_grid
+from lab.runtime.runlock import read_config
+from lab.runtime.safety import check_sample_options, load_checkpoint
 
 
 class _Guidance(argparse.Action):
@@ -21,7 +24,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from lab.stages.generator import load_generator, sample_opts
     from lab.generation.sampling import sample_images
 
-    from lab.runtime.safety import check_sample_options
 
     if args.guidance_flag == "--cfg":
         print("note: --cfg is deprecated (removed in 0.2): it is --guidance now.", file=sys.stderr)
@@ -59,7 +61,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
                                                                   ("top_p", args.top_p), ("top_k", args.top_k)) if v is not None})
     with torch.no_grad():
         imgs = sample_images(model, module.head, module.tokenizer, batch_size=args.n, opts=opts, **kw)
-    from lab.cli.sample_grid import new_output_path, save_grid
 
     # a new file beside the run each time (never an earlier grid), unless --out names one
     out = Path(args.out) if args.out else new_output_path(run_dir if run_dir.is_dir() else run_dir.parent.parent)
@@ -73,8 +74,6 @@ MAX_SIZE = 4096  # pixels per image in the grid
 def run_config(run_dir: Path) -> dict:
     """A generator run's config without building its model: the run's config.yaml, else (a checkpoint outside a
     run directory) the checkpoint's hyper-parameters."""
-    from lab.runtime.runlock import read_config
-    from lab.runtime.safety import load_checkpoint
     from lab.stages.generator import SAMPLE_FIX, checkpoint_in
 
     folder = run_dir if run_dir.is_dir() else run_dir.parent.parent
