@@ -12,7 +12,8 @@ from typing import Iterable
 import pandas as pd
 
 from lab.config import ROOT
-from lab.sweeps.report import flatten_metrics, mean_std
+from lab.core.stats import mean_std
+from lab.sweeps.report import flatten_metrics
 
 
 def find_runs(path: str | Path) -> list[Path]:
