@@ -12,8 +12,9 @@ from typing import Iterable
 import pandas as pd
 
 from lab.config import ROOT
+from lab.core.stats import mean_std
 from lab.sweeps.findings_data import LOSS_KINDS
-from lab.sweeps.report import flatten_metrics, mean_std
+from lab.sweeps.report import flatten_metrics
 
 
 def find_runs(path: str | Path) -> list[Path]:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import warnings
 
-import pytest
 import yaml
 
 from lab.config import ROOT, available_experiments, load_experiment

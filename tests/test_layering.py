@@ -1,6 +1,6 @@
 """The package's architecture, checked: every module sits in one layer, imports only its own layer or lower ones
-(function-local imports included), no import circles, no private name imported across modules, and the flat
-0.1 module paths still import as aliases of their new homes."""
+(function-local imports included), no import circles, no private name imported across modules, no module over
+MAX_LINES lines, and the flat 0.1 module paths still import as aliases of their new homes."""
 from __future__ import annotations
 
 import ast
@@ -15,9 +15,9 @@ LAB = Path(__file__).resolve().parents[1] / "lab"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("lab.core",)),
     ("runtime", ("lab.runtime",)),
-    ("data and quantizers", ("lab.data", "lab.quantizers", "lab.metrics.measures", "lab.metrics.fid_protocol")),
+    ("data, quantizers and metrics", ("lab.data", "lab.quantizers", "lab.metrics")),
     ("models", ("lab.models",)),
-    ("generation and evaluation", ("lab.generation", "lab.metrics.evaluate")),
+    ("generation and evaluation", ("lab.generation", "lab.evaluation")),
     ("training", ("lab.train",)),
     ("config", ("lab.config",)),
     ("stages", ("lab.stages",)),
@@ -35,7 +35,7 @@ MODULES = {module_name(p): p for p in sorted(LAB.rglob("*.py"))}
 
 
 def layer_of(module: str) -> int:
-    best = None  # the longest matching prefix wins (lab.metrics.evaluate over lab.metrics)
+    best = None  # the longest matching prefix wins (lab.core over lab, the prefix of every module)
     for i, (_, prefixes) in enumerate(LAYERS):
         for p in prefixes:
             if module == p or module.startswith(p + "."):
@@ -106,6 +106,16 @@ def test_no_import_circles():
     for m in MODULES:
         if m not in state and (cycle := visit(m)):
             pytest.fail("import circle: " + " -> ".join(cycle))
+
+
+MAX_LINES = 400  # a module longer than this is split along a seam into cohesive modules of its package
+
+
+def test_every_module_is_at_most_max_lines_long():
+    long = {str(p.relative_to(LAB.parent)): n for p in MODULES.values()
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, (f"modules over {MAX_LINES} lines (split each along a natural seam into modules of its "
+                      f"package): " + ", ".join(f"{p} ({n})" for p, n in sorted(long.items())))
 
 
 def test_no_private_name_is_imported_across_modules():

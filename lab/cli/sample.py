@@ -21,7 +21,8 @@ class _Guidance(argparse.Action):
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch  # torch and the models load with the command, not at `python -m lab` start-up
 
-    from lab.stages.generator import load_generator, sample_opts
+    from lab.stages.generator import load_generator
+    from lab.stages.generator_eval import sample_opts
     from lab.generation.sampling import sample_images
 
 
@@ -119,7 +120,7 @@ def refuse_inapplicable(args: argparse.Namespace, cond_kind: str) -> None:
 
 def _class_captions(cfg, labels: list[int]) -> list[str]:
     """Class names for the grid's captions (numbers when the data has none, or its cache cannot be read)."""
-    from lab.data.datasets import DataError
+    from lab.data.sources import DataError
     from lab.cli.sample_grid import class_names
 
     try:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from lab.core.registry import ConfigError
-from lab.metrics.measures import InceptionFeatures, fid_model_path, mean_cov
+from lab.metrics.fid import InceptionFeatures, fid_model_path, mean_cov
 from lab.runtime.files import atomic_torch_save, atomic_write, cache_root, exclusive
 from lab.runtime.progress import Progress, phase
 
@@ -229,7 +229,7 @@ def reference(images: Tensor, *, split: str, data: str = "", limit: int | None =
 
 # ------------------------------------------------------------------------------------------------ FID and KID
 def fid(ref: FeatureSet, other: FeatureSet) -> float:
-    """The Frechet distance between the two sets' Gaussians, ``lab.metrics.measures.frechet_distance``'s formula
+    """The Frechet distance between the two sets' Gaussians, ``lab.metrics.fid.frechet_distance``'s formula
     ``|mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr (R S2 R)^(1/2)`` with ``R = S1^(1/2)`` of ``ref`` computed once per
     reference (one 2048x2048 eigenproblem per FID instead of two)."""
     if ref.n < 2 or other.n < 2:

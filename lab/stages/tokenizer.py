@@ -1,4 +1,4 @@
-"""The tokenizer stage end to end: train the tokenizer, evaluate it (lab/metrics/evaluate.py), write its metrics
+"""The tokenizer stage end to end: train the tokenizer, evaluate it (lab/evaluation/tokenizer.py), write its metrics
 and image grids. The skeleton it shares with the generator stage is lab/stages/common.py."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from lab.core.registry import save_config
 from lab.data.datasets import ImageDataModule
-from lab.metrics.evaluate import evaluate_tokenizer, format_per_scale
+from lab.evaluation.tokenizer import evaluate_tokenizer, format_per_scale
 from lab.metrics.fid_protocol import check_eval_size
 from lab.metrics.measures import count_params, peak_memory_mb, reset_peak_memory
 from lab.runtime.files import process_rank

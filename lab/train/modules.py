@@ -12,7 +12,8 @@ from torch import Tensor
 
 from lab.core.settings import LossSettings, OptimSettings
 from lab.train import optim
-from lab.metrics.measures import LPIPS, psnr
+from lab.metrics.lpips import LPIPS
+from lab.metrics.measures import psnr
 from lab.models.tokenizer import Tokenizer
 
 
