@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lab.core.registry import ConfigError
 from lab.cli.sample_grid import new_output_path, save_grid
-from lab.runtime.runlock import read_config
+from lab.config.runs import read_config
 from lab.runtime.safety import check_sample_options, load_checkpoint
 
 

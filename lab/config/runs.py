@@ -15,13 +15,40 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
-from lab.core.registry import ConfigError, save_config, to_dict
+from omegaconf import OmegaConf
+
+from lab.core.registry import ConfigError, save_config, to_dict, upgrade_renamed
 from lab.core.settings import loss_tag
-from lab.runtime.files import process_rank, read_data
+from lab.runtime.files import data_file_error, process_rank, read_data
 from lab.runtime.naming import MAX_NAME, NAME_KEYS, dotted_get, slug
 from lab.runtime.safety import SAFE_COMPONENT
-from lab.runtime.runlock import config_differences, flatten, read_config
+from lab.runtime.runlock import config_differences, flatten
 from lab.runtime.tracking import RunInfo, CONFIG_KEYS
+
+
+CONFIG_FIX = ("It is the run's record of its configuration: restore it (resumes.json keeps the previous one of a "
+              "resumed run), or move the run aside and start a new one.")
+
+
+def read_config(path: Path) -> dict:
+    """A run's recorded config.yaml, with the keys renamed since it was written under their new names. A file that
+    is not a plain YAML mapping (a ``!!python`` tag, truncated) is one ConfigError paragraph naming it."""
+    read_data(path, fix=CONFIG_FIX)  # the safe loader's verdict first: nothing of a tagged file is built
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # (OmegaConf's own number syntax)
+    except Exception as e:  # noqa: BLE001 - an interpolation that does not resolve, ...
+        raise data_file_error(path, e, CONFIG_FIX) from None
+    return upgrade_renamed(data, str(path), note=False)
+
+
+def checkpoint_config(checkpoint: Any, path: Path, stage: str) -> dict:
+    """The config a bitlab checkpoint of ``stage`` was trained with (its ``hyper_parameters.cfg``), the keys renamed
+    since 0.1 under their new names: with ``load_experiment``, the one place old names come in."""
+    hp = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+    cfg = hp.get("cfg") if isinstance(hp, Mapping) else None
+    if not isinstance(cfg, Mapping) or cfg.get("stage") != stage:
+        raise ConfigError(f"{path} is not a bitlab {stage} checkpoint (no {stage} config in its hyper_parameters).")
+    return upgrade_renamed(cfg, note=False)
 
 
 def default_run_name(name: str, experiment: Mapping, cfg: Mapping) -> str:

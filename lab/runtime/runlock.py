@@ -23,11 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from omegaconf import OmegaConf
-
 from lab.core.registry import ConfigError
-from lab.core.registry import upgrade_renamed
-from lab.runtime.files import data_file_error, process_rank, read_data
+from lab.runtime.files import process_rank
 
 _HELD: dict[Path, int] = {}  # lock file -> open descriptor holding its flock, in this process
 
@@ -149,18 +146,3 @@ def config_differences(old: Mapping, new: Mapping, allow: tuple[str, ...] = ()) 
         if va != vb and not (isinstance(va, (int, float)) and isinstance(vb, (int, float)) and float(va) == float(vb)):
             out.append(f"{key}: {va!r} -> {vb!r}")
     return out
-
-
-def read_config(path: Path) -> dict:
-    """A run's recorded config.yaml, with the keys renamed since it was written under their new names. A file that
-    is not a plain YAML mapping (a ``!!python`` tag, truncated) is one ConfigError paragraph naming it."""
-    read_data(path, fix=CONFIG_FIX)  # the safe loader's verdict first: nothing of a tagged file is built
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # (OmegaConf's own number syntax)
-    except Exception as e:  # noqa: BLE001 - an interpolation that does not resolve, ...
-        raise data_file_error(path, e, CONFIG_FIX) from None
-    return upgrade_renamed(data, str(path), note=False)
-
-
-CONFIG_FIX = ("It is the run's record of its configuration: restore it (resumes.json keeps the previous one of a "
-              "resumed run), or move the run aside and start a new one.")

@@ -24,10 +24,10 @@ from lab.quantizers.base import local_statistics
 from lab.runtime import quiet
 from lab.runtime.files import atomic_write, process_rank, runs_root
 from lab.runtime.machine import resolve_precision, resolve_settings
-from lab.runtime.runlock import lock_run, read_config
+from lab.runtime.runlock import lock_run
 from lab.runtime.safety import load_checkpoint
 from lab.runtime.signals import TRAINED
-from lab.config.runs import check_resume, new_run_id, record_resume, run_info, run_name, run_tags
+from lab.config.runs import check_resume, new_run_id, read_config, record_resume, run_info, run_name, run_tags
 from lab.runtime.tracking import build_loggers
 from lab.runtime.tracking import log_final as log_to_loggers
 from lab.runtime.trainer import AtomicCheckpointIO, StepTimer, share_cpu_threads, warn_if_cpu_busy

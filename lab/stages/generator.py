@@ -20,7 +20,8 @@ import torch
 import torchvision
 from omegaconf import DictConfig, OmegaConf
 
-from lab.core.registry import ConfigError, build, save_config, suggest, to_dict, upgrade_renamed
+from lab.config.runs import checkpoint_config
+from lab.core.registry import ConfigError, build, save_config, suggest, to_dict
 from lab.evaluation.tokenizer import format_per_scale
 from lab.generation.correction import CORRECTIONS, check_compatible
 from lab.metrics.fid_protocol import check_eval_size
@@ -96,8 +97,7 @@ def load_tokenizer(path: str | Path):
     ckpt = checkpoint_in(Path(path))
     try:
         data = load_checkpoint(ckpt)  # weights_only: a crafted file is refused before any of it runs
-        # a 0.1 checkpoint's names are upgraded here, where a checkpoint comes in (sample.cfg -> sample.guidance)
-        module = tokenizer_module(upgrade_renamed(data["hyper_parameters"]["cfg"], note=False))
+        module = tokenizer_module(checkpoint_config(data, ckpt, "tokenizer"))
         module.on_load_checkpoint(data)
         module.load_state_dict(data["state_dict"], strict=True)
     except RuntimeError as e:
@@ -113,11 +113,8 @@ def load_generator(run_dir: Path):
     """(GeneratorModule in eval mode, its config) from a generator run directory or checkpoint."""
     ckpt_path = checkpoint_in(Path(run_dir), "", SAMPLE_FIX)
     ckpt = load_checkpoint(ckpt_path)  # weights_only: a crafted file is refused before any of it runs
-    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if not isinstance(hp, dict) or not isinstance(hp.get("cfg"), dict) or hp["cfg"].get("stage") != "generator":
-        raise ConfigError(f"{ckpt_path} is not a bitlab generator checkpoint.")
-    cfg = upgrade_renamed(hp["cfg"], note=False)  # (0.1 checkpoints: sample.cfg)
-    module = generator_module(cfg, build_tokenizer(cfg), num_classes=hp["num_classes"])
+    cfg = checkpoint_config(ckpt, ckpt_path, "generator")
+    module = generator_module(cfg, build_tokenizer(cfg), num_classes=ckpt["hyper_parameters"]["num_classes"])
     try:
         module.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
