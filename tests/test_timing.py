@@ -29,4 +29,4 @@ def test_the_median_of_the_records_per_cpu_and_bad_records_skipped(tmp_path):
     (tmp_path / "runs" / "flip" / "s1").mkdir()
     (tmp_path / "runs" / "flip" / "s1" / "metrics.json").write_text("{not json")
     assert record_times(tmp_path) == {"Zen 5": [700.0, 2900.0, 720.0], "Zen 4": [1500.0]}
-    assert run_time_text(tmp_path) == "12m00s a run (median of 3 records, Zen 5); 25m00s a run (median of 1 record, Zen 4)"
+    assert run_time_text(tmp_path) == "12m00s a run (median of 3 runs, Zen 5); 25m00s a run (median of 1 run, Zen 4)"

@@ -7,6 +7,7 @@ import csv
 import os
 import platform
 import sys
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -25,6 +26,7 @@ from lab.sweeps.records import (RecordError, check_records, hardware, publish_jo
                                 results_dir)
 from lab.sweeps.report_sections import (correlations_section, floor_ceiling_table, hardware_section, markdown_table,
                                         samples_section, verdicts_section)
+from lab.sweeps.timing import time_text, times_by_machine
 from lab.sweeps.verdicts import parse_baseline
 
 def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,7 +158,10 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
         f"(the tokenizers trained for them are not included){_evaluation_share(done, wall)}"
         + (f"; the sweep command's wall time, tokenizers included: {fmt_duration(sum(i['wall_s'] for i in manifest['invocations']))}"
            f" over {len(manifest['invocations'])} invocation(s){_overlap(manifest['invocations'])}" if manifest.get("invocations") else "")
-        + f"; machine: {_machines(manifest)}.",
+        + f"; machine: {_machines(manifest, done)}.",
+        "",
+        f"Time per run, measured: {time_text(times_by_machine(done)) or 'no finished run'} (the first run on a "
+        "machine also computes the evaluation's reference features; a run that shared its cores is slower).",
         "",
         *_fid_reference(done),
         "Mean ± sample sd over seeds (`seeds`: the finished runs of each case; a cell says `(n seeds)` where fewer "
@@ -202,11 +207,15 @@ def _overlap(invocations: list[dict]) -> str:
     return f" (some ran side by side: {fmt_duration(elapsed)} from the first start to the last end)" if elapsed < total - 1 else ""
 
 
-def _machines(manifest: dict) -> str:
-    """The machines the sweep's invocations recorded (a report may be rebuilt elsewhere), else this one."""
+def _machines(manifest: dict, done: Sequence[Mapping]) -> str:
+    """The machines the sweep's invocations recorded, else those its finished runs recorded (a report may be
+    rebuilt elsewhere), else this one."""
     invocations = manifest.get("invocations", [])
     seen = list(dict.fromkeys(i["machine"] for i in invocations if "machine" in i))
     if not seen:
+        runs = Counter(str(r.get("gpu") or r.get("cpu")) for r in done if r.get("gpu") or r.get("cpu"))
+        if runs:
+            return "; ".join(f"{m} ({n} run{'s' * (n > 1)})" for m, n in runs.most_common()) + " (as the runs recorded)"
         return machine(threads=False) + " (where this report was built: the runs did not record theirs)"
     missing = sum("machine" not in i for i in invocations)
     return "; ".join(seen) + (f" ({missing} earlier invocation(s) did not record theirs)" if missing else "")

@@ -11,6 +11,7 @@ import json
 import re
 import statistics
 from pathlib import Path
+from typing import Iterable, Mapping
 
 from lab.core.numfmt import fmt_duration
 
@@ -33,22 +34,37 @@ def cpu_kind(cpu: str) -> str:
     return cpu or "an unrecorded CPU"
 
 
-def record_times(folder: Path) -> dict[str, list[float]]:
-    """{CPU kind: [wall_time_s of each published record]} of ``results/<suite>`` (unreadable records skipped: the
-    report names them)."""
+def times_by_machine(metrics: Iterable[Mapping]) -> dict[str, list[float]]:
+    """{machine kind (``Zen 4``, a GPU's name): [wall_time_s of each run]} of runs' metrics (those without a
+    wall time skipped)."""
     out: dict[str, list[float]] = {}
-    for path in sorted(Path(folder).glob("runs/*/s*/metrics.json")):
+    for m in metrics:
         try:
-            m = json.loads(path.read_text())
             wall = float(m["wall_time_s"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             continue
-        out.setdefault(cpu_kind(str(m.get("cpu") or "")), []).append(wall)
+        out.setdefault(str(m.get("gpu") or "") or cpu_kind(str(m.get("cpu") or "")), []).append(wall)
     return out
 
 
+def record_times(folder: Path) -> dict[str, list[float]]:
+    """``times_by_machine`` of the published records of ``results/<suite>`` (unreadable records skipped: the report
+    names them)."""
+    metrics = []
+    for path in sorted(Path(folder).glob("runs/*/s*/metrics.json")):
+        try:
+            metrics.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return times_by_machine(metrics)
+
+
+def time_text(times: Mapping[str, list[float]]) -> str:
+    """``12m03s a run (median of 6 runs, Zen 5)``, one part per machine kind, the most runs first."""
+    return "; ".join(f"{fmt_duration(statistics.median(t))} a run (median of {len(t)} run{'s' * (len(t) > 1)}, {kind})"
+                     for kind, t in sorted(times.items(), key=lambda kv: -len(kv[1])) if t)
+
+
 def run_time_text(folder: Path) -> str:
-    """``12m03s a run (median of 6 records, Zen 5)``, one part per CPU kind; "" when there is no record."""
-    parts = [f"{fmt_duration(statistics.median(t))} a run (median of {len(t)} record{'s' * (len(t) > 1)}, {kind})"
-             for kind, t in sorted(record_times(folder).items(), key=lambda kv: -len(kv[1]))]
-    return "; ".join(parts)
+    """The measured run time of a suite from its published records; "" when there is none."""
+    return time_text(record_times(folder))
