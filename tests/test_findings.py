@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lab.sweeps import findings as F
+from lab.sweeps import findings_data as FDATA
 from lab.sweeps import findings_decide as FD
 from lab.sweeps.findings_table import FINDINGS
 from lab.core.stats import min_detectable_difference, pearson
@@ -401,7 +402,7 @@ def test_the_committed_results_are_not_decided_from_pre_protocol_runs():
     """Today's results/ predate issue 13's protocol (no KID): every suite finding is incomplete, not decided."""
     for d in FD.decide_all(F.ROOT / "results"):
         if d.finding.suite != "bench" and (F.ROOT / "results" / d.finding.suite / "results.csv").is_file():
-            columns, _ = F.read_rows(F.ROOT / "results" / d.finding.suite / "results.csv")
+            columns, _ = FDATA.read_rows(F.ROOT / "results" / d.finding.suite / "results.csv")
             if "kid" not in columns and "rkid" not in columns:
                 assert d.verdict == "incomplete" and "protocol" in d.incomplete
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lab.core.settings import EvalSettings
 from lab.metrics import fid_protocol as P
 from lab.metrics.lpips import LPIPS
 from lab.metrics.measures import bit_entropy, codebook_stats, level_entropy, psnr, ssim
@@ -36,7 +37,7 @@ def _batches(loader: Iterable, limit: int) -> Iterable[dict]:
 @torch.no_grad()
 def evaluate_tokenizer(
     tokenizer: Tokenizer, val_loader: Iterable, *, batches: int, fid_samples: int, lpips: LPIPS, device: Any = "cpu",
-    protocol: Mapping | None = None,
+    protocol: EvalSettings | None = None,
 ) -> dict:
     """The tokenizer's metrics.json entries. ``protocol``: the config's ``eval:`` node (the reference limit and the
     KID settings, ``lab.metrics.fid_protocol.options``). The reference of rFID is the whole split of ``val_loader``
@@ -107,7 +108,7 @@ def evaluate_tokenizer(
     return metrics
 
 
-def _rfid(recon_feats: Tensor, real: Tensor, val_loader: Any, protocol: Mapping | None, device: Any) -> dict:
+def _rfid(recon_feats: Tensor, real: Tensor, val_loader: Any, protocol: EvalSettings | None, device: Any) -> dict:
     """rFID / rKID of the reconstructions and their floor (the originals: what a perfect tokenizer scores), both
     against the reference of the evaluated split."""
     opts = P.options(protocol)

@@ -263,7 +263,8 @@ def preflight(cfg: DictConfig) -> None:
 
 
 def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
-    preflight(cfg)
+    """One generator run; ``run_experiment`` has made every check first (lab/stages/preflight.py: ``preflight``
+    below among them)."""
     resolve_run_settings(cfg)  # the generator stage's precision / layout (its tokenizer stage resolves its own)
     seed_all(cfg)
     phase(f"building data: {cfg['data']['name']}")

@@ -97,7 +97,7 @@ def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> dict:
     the floor (those ``n`` real validation images) and the ceiling (``n`` images decoded from random codes) of
     ``lab.metrics.fid_protocol``. -> metrics.json entries, ``fid_samples`` and ``sampling_time_s`` (sampling and decoding
     only) included."""
-    opts = P.options(cfg["eval"])
+    opts = P.options(sections(cfg).eval)
     kid_kw = {"kid_subsets": opts["kid_subsets"], "kid_subset_size": opts["kid_subset_size"]}
     device = module.device
     phase(f"evaluating: gFID / KID of {n:,} generated images against the training split's reference"

@@ -11,6 +11,7 @@ import torch
 import torchvision
 from omegaconf import DictConfig
 
+from lab.config import sections
 from lab.core.registry import save_config
 from lab.data.datasets import ImageDataModule
 from lab.evaluation.tokenizer import evaluate_tokenizer, format_per_scale
@@ -53,12 +54,12 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     metrics: dict[str, Any] = {}
     module.adopt_ema()  # from here on, module.tokenizer is the evaluated (averaged) one
     if trainer.is_global_zero:
-        ev = cfg["eval"]
+        ev = sections(cfg).eval
         module.to(eval_device(cfg))
-        phase(f"evaluating the tokenizer: PSNR / SSIM / LPIPS over {ev['batches']} validation batches"
-              + (f", rFID / rKID over {ev['fid_samples']:,} images" if ev["fid_samples"] else ""))
+        phase(f"evaluating the tokenizer: PSNR / SSIM / LPIPS over {ev.batches} validation batches"
+              + (f", rFID / rKID over {ev.fid_samples:,} images" if ev.fid_samples else ""))
         metrics = evaluate_tokenizer(
-            module.tokenizer, dm.val_dataloader(), batches=ev["batches"], fid_samples=ev["fid_samples"],
+            module.tokenizer, dm.val_dataloader(), batches=ev.batches, fid_samples=ev.fid_samples,
             lpips=module.metric_lpips, device=module.device, protocol=ev,
         )
         metrics.update(
