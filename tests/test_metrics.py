@@ -311,3 +311,14 @@ def test_training_lpips_size_is_separate_from_the_reported_one():
     assert module.lpips.resize_to is None and module.metric_lpips.resize_to == 64
     same = tokenizer_module(to_dict(load_experiment("quickstart", ["preset=smoke"])))
     assert same.lpips is same.metric_lpips and same.metric_lpips.resize_to == 64
+
+
+def test_inception_features_in_channels_last_are_the_same_features():
+    """The layout ``make bench`` part ``inception`` compares changes only the convolutions' summation order."""
+    from lab.metrics.fid import InceptionFeatures
+
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    a = InceptionFeatures()(x)
+    b = InceptionFeatures(channels_last=True)(x)
+    assert a.shape == b.shape == (4, 2048) and b.is_contiguous()
+    assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), (a - b).abs().max()

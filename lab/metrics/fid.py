@@ -51,18 +51,20 @@ class InceptionFeatures(nn.Module):
 
     Images are quantised to 8 bits (as when saved to PNG; ``quantize=False`` skips it), resized to 299x299 with
     TF1 legacy bilinear resampling and mapped to the graph's input range ``uint8 / 128 - 1``. The forward runs
-    in chunks of ``batch_size`` without autograd. ``uint8`` input in [0, 255] is accepted too."""
+    in chunks of ``batch_size`` without autograd. ``uint8`` input in [0, 255] is accepted too. ``channels_last``:
+    the graph's input in that memory layout (``make bench`` part ``inception`` measures what it changes)."""
 
     num_features = 2048
     size = 299
 
-    def __init__(self, *, batch_size: int = 64, quantize: bool = True):
+    def __init__(self, *, batch_size: int = 64, quantize: bool = True, channels_last: bool = False):
         super().__init__()
         self.net = _inception_graph()
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.batch_size = batch_size
         self.quantize = quantize
+        self.channels_last = channels_last
 
     def train(self, mode: bool = True) -> "InceptionFeatures":
         return super().train(False)
@@ -78,7 +80,8 @@ class InceptionFeatures(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (self.size, self.size):
             x = _legacy_bilinear(x, self.size)
-        return (x / 128.0 - 1.0).clamp(-1.0, 255.0 / 128.0 - 1.0)
+        x = (x / 128.0 - 1.0).clamp(-1.0, 255.0 / 128.0 - 1.0)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
