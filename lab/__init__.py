@@ -6,7 +6,9 @@ tests/test_layering.py, which checks this line):
 core < runtime < data quantizers metrics < models < generation evaluation < train < config < stages < sweeps bench < cli explore __main__ lab
 
 Until the 0.2 release the flat module paths of 0.1 (``lab.run``, ``lab.heads``, ...) still import:
-each is an alias of the module's new home (the same module object), listed in ``MOVED``.
+each is an alias of the module's new home (the same module object), listed in ``MOVED``. The path is kept, not
+the module's 0.1 contents: a function that has moved since is imported from its new home (``lab.config.runs``'
+run names and resume checks, ``lab.config.checks``' range checks, ``lab.evaluation.label_noise``, ...).
 """
 from __future__ import annotations
 

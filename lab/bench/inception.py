@@ -17,16 +17,17 @@ from lab.bench.common import Settings, progress, ratio
 from lab.metrics.fid import InceptionFeatures
 from lab.runtime.machine import cpu_model
 
-DEFAULT = {"threads": 2, "batch": 64, "layout": "contiguous"}  # what InceptionFeatures does today
+DEFAULT_BATCH = 64  # lab.metrics.fid_protocol's reference, floor and ceiling (generated images: the loader's batch)
 
 COLUMNS = [("threads", "threads", "i"), ("batch", "batch", "i"), ("layout", "layout", "s"),
            ("images_per_s", "images/s", "f"), ("images", "images timed", "i"), ("vs_default", "x default", "x"),
            ("max_diff", "max |diff|", "f"), ("cpu", "CPU", "s")]
 NOTES = ["Inception-v3 pool3 features of 32x32 images (resized to 299x299 inside, as for every FID/KID here), fp32, "
-         "no autograd. x default: images/s over the path runs use (2 threads, batch 64, contiguous) measured in the "
-         "same part; max |diff|: the largest feature difference from that path on the same images (features are "
+         "no autograd, on the CPU. x default: images/s over the path runs use (the process's threads, batch 64 as for "
+         "the reference, floor and ceiling, contiguous; --quick: its first row) measured in the same part; max |diff|: the largest feature difference from that path on the same images (features are "
          "O(1); FID's noise floor, results/eval_noise, is orders of magnitude above what such a difference moves).",
-         "Every case times whole batches until it has spent its budget (at least one batch after a warm-up batch)."]
+         "Every case times whole batches, after a warm-up batch, until it has spent its budget or its images (at "
+         "least one batch)."]
 
 
 def _rate(fn, images: torch.Tensor, batch: int, budget_s: float) -> tuple[float, int]:
@@ -39,17 +40,16 @@ def _rate(fn, images: torch.Tensor, batch: int, budget_s: float) -> tuple[float,
 
 
 def bench_inception(s: Settings) -> list[dict]:
-    threads_list = (2,) if s.quick else (1, 2)
-    batches = (16,) if s.quick else (16, 32, 64, 128)
+    old = torch.get_num_threads()  # what a run's evaluation uses
+    threads_list = (old,) if s.quick else tuple(sorted({1, old}))
+    batches = (16,) if s.quick else (16, 32, DEFAULT_BATCH, 128)
     budget = 2.0 if s.quick else max(8.0, s.max_seconds)
-    images = torch.rand(256 if not s.quick else 32, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    old = torch.get_num_threads()
+    images = torch.rand(32 if s.quick else 512, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     exts = {lay: InceptionFeatures(batch_size=10_000, channels_last=lay == "channels_last")  # (batches chosen here)
             for lay in ("contiguous", "channels_last")}
     cases = [(t, b, lay) for t in threads_list for b in batches for lay in ("contiguous", "channels_last")]
     rows, ref_feats = [], None
     try:
-        torch.set_num_threads(DEFAULT["threads"])
         ref_feats = exts["contiguous"](images[:16])
         for t, b, lay in cases:
             progress(f"inception: {t} thread(s), batch {b}, {lay}")
@@ -62,7 +62,7 @@ def bench_inception(s: Settings) -> list[dict]:
     finally:
         torch.set_num_threads(old)
     base = next((r["images_per_s"] for r in rows if (r["threads"], r["batch"], r["layout"]) ==
-                 (DEFAULT["threads"], DEFAULT["batch"], DEFAULT["layout"])), rows[0]["images_per_s"])  # (quick: row 1)
+                 (old, DEFAULT_BATCH, "contiguous")), rows[0]["images_per_s"])  # (quick: its first row)
     for r in rows:
         r["vs_default"] = ratio(r["images_per_s"], base)
     return rows

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from lab.config import ROOT, available_experiments, header_comment, load_experiment, to_dict
 from lab.config.runs import new_run_id
+from lab.runtime.files import runs_root
 from lab.sweeps.plan import plan
 from lab.sweeps.timing import run_time_text
 
@@ -88,8 +89,7 @@ def cmd_list(args: Any = None) -> None:
 
 def planned_run_dir(cfg: Any) -> str:
     """The run directory ``lab.stages.run.make_run_dir`` would use for ``cfg``, computed without creating anything."""
-    root = Path(cfg["runs_dir"])
-    base = (root if root.is_absolute() else ROOT / root) / cfg["name"]
+    base = runs_root(cfg["runs_dir"]) / cfg["name"]
     if cfg["resume"]:
         if cfg["run_id"]:
             return str(base / str(cfg["run_id"])) + " (resumed)"
@@ -99,14 +99,12 @@ def planned_run_dir(cfg: Any) -> str:
     if cfg["run_id"]:
         run_dir = base / str(cfg["run_id"])
         return str(run_dir) + (" (exists: the run would be refused)" if run_dir.exists() else "")
-
     return str(base / new_run_id(cfg)) + " (a new id: the run's name, the start time and the seed)"
 
 
 def dry_run(name: str, overrides: Sequence[str]) -> None:
     """Print the resolved config and its run directory (every point of a sweep, each with its own); write nothing."""
     from omegaconf import OmegaConf
-
 
     from lab.stages.preflight import check_run
 

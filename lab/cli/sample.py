@@ -7,13 +7,12 @@ from pathlib import Path
 
 from lab.core.registry import ConfigError
 from lab.cli.sample_grid import new_output_path, save_grid
-from lab.config.runs import read_config
+from lab.config.runs import checkpoint_config, read_config
 from lab.runtime.safety import check_sample_options, load_checkpoint
 
 
 class _Guidance(argparse.Action):
     """--guidance, or its deprecated name --cfg: the value, and which name was typed (for the messages)."""
-
     def __call__(self, parser, namespace, values, option_string=None):
         namespace.guidance, namespace.guidance_flag = values, option_string
 
@@ -24,7 +23,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from lab.stages.generator import load_generator
     from lab.stages.generator_eval import sample_opts
     from lab.generation.sampling import sample_images
-
 
     if args.guidance_flag == "--cfg":
         print("note: --cfg is deprecated (removed in 0.2): it is --guidance now.", file=sys.stderr)
@@ -81,10 +79,11 @@ def run_config(run_dir: Path) -> dict:
     if (folder / "config.yaml").is_file():
         cfg = read_config(folder / "config.yaml")
     else:
-        ckpt = load_checkpoint(checkpoint_in(run_dir, "", SAMPLE_FIX))
-        hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-        cfg = hp.get("cfg") if isinstance(hp, dict) else None
-        cfg = cfg if isinstance(cfg, dict) else {}
+        path = checkpoint_in(run_dir, "", SAMPLE_FIX)
+        try:
+            cfg = checkpoint_config(load_checkpoint(path), path, "generator")
+        except ConfigError as e:
+            raise ConfigError(f"{e} {SAMPLE_FIX}") from None
     if cfg.get("stage") != "generator":
         raise ConfigError(f"{run_dir} is not a generator run (its config says stage: {cfg.get('stage')!r}). "
                           f"{SAMPLE_FIX}")

@@ -58,7 +58,6 @@ class DuplicateKeyError(yaml.YAMLError):
 
 class UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a key repeated in one mapping (plain YAML keeps the last, silently)."""
-
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
         for key_node, _ in node.value:
@@ -187,7 +186,6 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
 
 
 def _check_loggers(names: Any) -> None:
-
     check_loggers(to_dict(names))
 
 
@@ -272,7 +270,6 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
 
     ``layer`` (nested dict, e.g. one grid point of a sweep) is merged after the preset and before the command
     line: the preset sets the scale, the swept keys keep their values at every scale."""
-
     name = str(name).removesuffix(".yaml")
     check_experiment_name(name, EXPERIMENTS)  # a name never reads a YAML outside experiments/
     path = EXPERIMENTS / f"{name}.yaml"
@@ -307,7 +304,6 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
     for source, keys in user.items():
         refuse_unused(keys, cfg["stage"], source)
     if not cfg.get("sweep") and any("seeds" in keys for keys in user.values()) and cfg.get("seeds") is not None:
-
         check_seeds(cfg["seeds"], False)  # (the smoke preset's seeds: [0] serves sweeps and is ignored elsewhere)
     check_ranges(cfg)
     if isinstance(cfg.get("run_name"), (int, float)) and not isinstance(cfg["run_name"], bool):

@@ -146,7 +146,7 @@ def record_resume(cfg: Any, run_dir: Path) -> None:
 
 
 def check_not_stale(jobs: list) -> None:
-    """Every run of a sweep (``lab.sweeps.sweep.Job``) that exists must have been made with its point's config now: a
+    """Every run of a sweep (``lab.sweeps.plan.Job``) that exists must have been made with its point's config now: a
     finished run of other settings (another ``trainer.max_steps``, learning rate ...) is never skipped as done or
     tabled as this sweep's. ConfigError naming the runs and the differing keys."""
     stale = []

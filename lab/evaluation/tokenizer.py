@@ -39,8 +39,8 @@ def evaluate_tokenizer(
     tokenizer: Tokenizer, val_loader: Iterable, *, batches: int, fid_samples: int, lpips: LPIPS, device: Any = "cpu",
     protocol: EvalSettings | None = None,
 ) -> dict:
-    """The tokenizer's metrics.json entries. ``protocol``: the config's ``eval:`` node (the reference limit and the
-    KID settings, ``lab.metrics.fid_protocol.options``). The reference of rFID is the whole split of ``val_loader``
+    """The tokenizer's metrics.json entries. ``protocol``: the run's ``eval`` section (``EvalSettings``: the reference
+    limit and the KID settings, ``lab.metrics.fid_protocol.options``; None: the protocol's defaults). The reference of rFID is the whole split of ``val_loader``
     (its ``dataset.images``), limited to ``eval.fid_reference_limit`` images."""
     t_eval = time.time()
     tokenizer.eval().to(device)

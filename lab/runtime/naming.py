@@ -1,4 +1,5 @@
-"""Run names and tags: ``run_name=`` and ``tags=[...]`` on any run, and the default name.
+"""Run names and tags: ``run_name=`` and ``tags=[...]`` on any run, checked here; the default name and a run's name
+from its config are made by lab/config/runs.py with this module's ``NAME_KEYS`` and ``slug``.
 
 A run's name is bookkeeping: it names the run directory (``runs/<experiment>/<name>-<time>-s<seed>``), the end
 summary, TensorBoard's HParams row, ``lab compare``'s rows; it never changes a result, so a resume or a sweep

@@ -3,7 +3,7 @@
 Every run, tokenizer or generator, writes the SAME HParams experiment summary (``HPARAM_KEYS``,
 ``FINAL_METRICS``): TensorBoard shows the summary of whichever run it reads first, so with a shared one the
 tokenizer and generator runs of a logdir sit side by side in one table, blank only where a metric does not
-apply to a stage. The first columns identify the run: its name (lab/runtime/naming.py), tags, directory, data.
+apply to a stage. The first columns identify the run: its name, tags, directory, data (``RunInfo``, built by lab/config/runs.py).
 
 What TensorBoard shows first: it orders the card groups of its Time Series page by tag name and opens the first
 two, so the learning curves keep ``train/`` (the learning rate included) and ``val/`` (with the image grids of

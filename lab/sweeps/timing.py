@@ -1,6 +1,7 @@
-"""How long a suite's runs take, measured: the median ``wall_time_s`` of its published records
-(``results/<suite>/runs/<point>/s<seed>/metrics.json``), per kind of CPU the runs recorded. This is the one figure
-``lab list``, the suite's report and the README's run-time column give (a test compares the README with it).
+"""How long a suite's runs take, measured: the median ``wall_time_s`` of its runs per kind of machine they recorded.
+``run_time_text`` takes the published records (``results/<suite>/runs/<point>/s<seed>/metrics.json``): the figure
+``lab list`` and the README's run-time column give (a test holds the README to it). A suite's report computes the
+same median (``time_text``) over the runs it reports, i.e. the same records where it is built from them.
 
 The median, not the mean: the first run on a machine also computes the evaluation's reference features (cached
 per user afterwards), and a run that shared its cores with other work is slower; neither is a run's cost.
