@@ -3,10 +3,12 @@
 The package follows the data's way (README, "The code"). Its layers, bottom to top (``LAYERS`` of
 tests/test_layering.py, which checks this line):
 
-core < runtime < data quantizers metrics.measures metrics.fid_protocol < models < generation metrics.evaluate < train < config < stages < sweeps bench < cli explore __main__ lab
+core < runtime < data quantizers metrics < models < generation evaluation < train < config < stages < sweeps bench < cli explore __main__ lab
 
 Until the 0.2 release the flat module paths of 0.1 (``lab.run``, ``lab.heads``, ...) still import:
-each is an alias of the module's new home (the same module object), listed in ``MOVED``.
+each is an alias of the module's new home (the same module object), listed in ``MOVED``. The path is kept, not
+the module's 0.1 contents: a function that has moved since is imported from its new home (``lab.config.runs``'
+run names and resume checks, ``lab.config.checks``' range checks, ``lab.evaluation.label_noise``, ...).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ MOVED = {
     "bench_machine": "lab.bench.machine", "bench_training": "lab.bench.training", "cli_bench": "lab.cli.bench",
     "cli_compare": "lab.cli.compare", "cli_info": "lab.cli.info", "cli_noise": "lab.cli.noise",
     "cli_sample": "lab.cli.sample", "codes": "lab.quantizers.codes", "correction": "lab.generation.correction",
-    "emoji": "lab.data.emoji", "evaluate": "lab.metrics.evaluate", "fid_protocol": "lab.metrics.fid_protocol",
+    "emoji": "lab.data.emoji", "evaluate": "lab.evaluation.tokenizer", "fid_protocol": "lab.metrics.fid_protocol",
     "findings": "lab.sweeps.findings", "findings_table": "lab.sweeps.findings_table",
     "generator": "lab.train.generator", "generator_run": "lab.stages.generator", "heads": "lab.models.heads",
     "machine": "lab.runtime.machine", "modules": "lab.train.modules", "noise": "lab.sweeps.noise",

@@ -142,7 +142,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from lab.core.registry import ConfigError
 
     found: list[type[BaseException]] = [ConfigError]
-    for module, name in (("lab.data.datasets", "DataError"), ("lab.train.modules", "NonFiniteLossError")):
+    for module, name in (("lab.data.sources", "DataError"), ("lab.train.modules", "NonFiniteLossError")):
         if module in sys.modules:
             found.append(getattr(sys.modules[module], name))
     return tuple(found)

@@ -12,7 +12,9 @@ from typing import Iterable
 import pandas as pd
 
 from lab.config import ROOT
-from lab.sweeps.report import flatten_metrics, mean_std
+from lab.core.stats import mean_std
+from lab.sweeps.findings_data import LOSS_KINDS
+from lab.sweeps.report import flatten_metrics
 
 
 def find_runs(path: str | Path) -> list[Path]:
@@ -90,7 +92,6 @@ def scalars(run_dir: Path, tags: Iterable[str] | None = None) -> pd.DataFrame:
 def loss_kind(run: Path) -> str:
     """What a run's loss is: the tokenizer's reconstruction loss, or the generator head's (bit BCE, index
     cross-entropy, ...: lab/sweeps/findings_data.py's LOSS_KINDS); "" without a readable config.yaml."""
-    from lab.sweeps.findings_data import LOSS_KINDS  # noqa: PLC0415 - light, only for the curves
 
     cfg = _config(run)
     if cfg.get("stage") == "tokenizer":

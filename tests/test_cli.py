@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 import warnings
 
-import pytest
 import yaml
 
 from lab.config import ROOT, available_experiments, load_experiment
@@ -32,6 +32,14 @@ def test_list_and_help_import_no_torch_and_describe_every_experiment():
     quick = next(line for line in lines if line.startswith("quickstart"))
     stated = stated_run_time(header_comment("quickstart"))
     assert stated and stated in quick  # the run time its YAML header states
+    from lab.sweeps.timing import run_time_text
+
+    readme = {row.split("|")[1].strip(" `"): row.split("|")[4] for row in (ROOT / "README.md").read_text().splitlines()
+              if row.startswith("| `") and row.count("|") >= 5}
+    for name, line in zip(names, lines):  # a suite with published records: the measured time, the README's too
+        if measured := run_time_text(ROOT / "results" / Path(name).name):
+            assert f"measured {measured}" in line, line
+            assert measured in readme.get(name, ""), f"README's run time of {name} must be the records': {measured}"
     r = subprocess.run([sys.executable, "-c", "import sys; from lab.__main__ import main\ntry:\n main(['--help'])\n"
                         "except SystemExit: pass\nassert 'torch' not in sys.modules"], cwd=ROOT, capture_output=True,
                        text=True, timeout=120)
@@ -87,10 +95,11 @@ def test_compare_tables_the_differing_keys_and_the_metrics(tmp_path):
 def test_tokenizer_and_generator_runs_share_one_hparams_schema(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
+    from lab.config.runs import run_info
     from lab.runtime import tracking
 
-    tok = load_experiment("tokenizer/vq", ["preset=smoke"])
-    gen = load_experiment("ablations/head_index_vs_bitwise", ["preset=smoke", "head.name=index"])
+    tok = run_info(load_experiment("tokenizer/vq", ["preset=smoke"]))
+    gen = run_info(load_experiment("ablations/head_index_vs_bitwise", ["preset=smoke", "head.name=index"]))
     sweep_run = tmp_path / "ablations" / "head" / "vq-2-12_head-index" / "s0"
     sweep_run.mkdir(parents=True)
     (sweep_run.parent.parent / "sweep.json").write_text(json.dumps({"suite": "ablations/head_index_vs_bitwise", "runs": [

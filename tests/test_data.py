@@ -1,4 +1,4 @@
-"""lab.data.datasets: sources -> cached Arrow datasets -> ImageDataModule. Offline, small, each test a few seconds."""
+"""lab.data.sources and lab.data.datasets: sources -> cached Arrow datasets -> ImageDataModule. Offline, small, each test a few seconds."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,10 @@ import torch
 from PIL import Image
 
 import lab.data.datasets as D
-from lab.data.datasets import DATASETS, DataError, ImageDataModule, build_dataset
+import lab.data.emoji as E
+import lab.data.sources as S
+from lab.data.datasets import DATASETS, ImageDataModule, build_dataset
+from lab.data.sources import DataError
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(not (FASHION_ROOT / "t10k-images-idx3-ubyte.gz").is_file(),
@@ -60,8 +63,8 @@ def _check_dict(dd: datasets.DatasetDict, size: int) -> None:
     ("E000", "openmoji extra e000", "extra"),
 ])
 def test_emoji_caption_and_class(stem, caption, group):
-    assert D.emoji_caption(stem) == caption
-    assert D.EMOJI_CLASSES[D.emoji_class(caption)] == group
+    assert E.emoji_caption(stem) == caption
+    assert E.EMOJI_CLASSES[E.emoji_class(caption)] == group
 
 
 def test_emoji32_small_build_and_cache(tmp_path, monkeypatch):
@@ -69,7 +72,7 @@ def test_emoji32_small_build_and_cache(tmp_path, monkeypatch):
     dd = build_dataset(node, cache_dir=tmp_path)
     _check_dict(dd, 32)
     assert len(dd["train"]) + len(dd["validation"]) == 40 and len(dd["validation"]) < 15
-    assert dd["train"].features["label"].names == D.EMOJI_CLASSES
+    assert dd["train"].features["label"].names == E.EMOJI_CLASSES
     rows = [r for split in dd.values() for r in split]
     assert all(r["caption"] for r in rows)
     captions = {r["caption"] for r in rows}
@@ -77,14 +80,14 @@ def test_emoji32_small_build_and_cache(tmp_path, monkeypatch):
     first = next(r for r in rows if r["caption"] == "keycap: number sign")
     px = np.asarray(first["image"])
     assert px[0, 0].tolist() == [255, 255, 255] and px.min() < 100  # white background, dark glyph
-    assert first["label"] == D.EMOJI_CLASSES.index("symbol")
+    assert first["label"] == E.EMOJI_CLASSES.index("symbol")
     cached = [p.name for p in tmp_path.iterdir()]
     assert len(cached) == 1 and cached[0].startswith("emoji32-")  # no temp folder left behind
 
     def boom(*args, **kwargs):
         raise AssertionError("renderer called: the cache was not used")
 
-    monkeypatch.setattr(D, "_render_svg", boom)
+    monkeypatch.setattr(S, "_render_svg", boom)
     again = build_dataset({"name": "emoji32", "limit": 40, "size": 32}, cache_dir=tmp_path)  # same kwargs
     assert again["train"]["caption"] == dd["train"]["caption"]
     with pytest.raises(AssertionError):  # other kwargs -> another cache folder -> a build
@@ -95,7 +98,7 @@ def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(D, "_render_svg", boom)
+    monkeypatch.setattr(S, "_render_svg", boom)
     with pytest.raises(RuntimeError):
         build_dataset({"name": "emoji32", "limit": 3}, cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -129,12 +132,12 @@ def test_fashion_mnist_limit(tmp_path):
     dd = build_dataset({"name": "fashion_mnist", "limit": 50}, cache_dir=tmp_path)
     _check_dict(dd, 32)
     assert len(dd["train"]) == 50 and len(dd["validation"]) == 50
-    assert dd["train"].features["label"].names == D.FASHION_CLASSES
+    assert dd["train"].features["label"].names == S.FASHION_CLASSES
     for r in dd["train"]:
         px = np.asarray(r["image"])
         assert px[:2].max() == 0 and px[:, :2].max() == 0 and px[-2:].max() == 0  # 2 px zero padding
         assert (px[..., 0] == px[..., 2]).all()  # grey stored as RGB
-        assert r["caption"] == D.FASHION_CLASSES[r["label"]].lower()
+        assert r["caption"] == S.FASHION_CLASSES[r["label"]].lower()
 
 
 @needs_fashion
@@ -155,7 +158,7 @@ def test_fashion_mnist_truncated_file(tmp_path):
     import gzip
     root = tmp_path / "fm"
     root.mkdir()
-    for name in [f for pair in D._FASHION_FILES.values() for f in pair]:
+    for name in [f for pair in S.FASHION_FILES.values() for f in pair]:
         with gzip.open(root / name, "wb") as f:
             f.write(b"\x00\x00\x08\x03\x00\x00\x00\x05\x00\x00\x00\x1c\x00\x00\x00\x1c" + b"\x01" * 100)
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):

@@ -52,7 +52,7 @@ def test_kid_matches_torchmetrics_on_the_same_subsets():
 
 
 def test_fid_from_features_matches_the_metrics_module():
-    from lab.metrics.measures import mean_cov, frechet_distance
+    from lab.metrics.fid import mean_cov, frechet_distance
 
     a, b = _features(200, d=16), _features(150, d=16, shift=0.1, seed=2)
     ours = P.fid(P.FeatureSet(a, "a"), P.FeatureSet(b, "b"))

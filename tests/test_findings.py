@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from lab.sweeps import findings as F
+from lab.sweeps import findings_data as FDATA
+from lab.sweeps import findings_decide as FD
 from lab.sweeps.findings_table import FINDINGS
 from lab.core.stats import min_detectable_difference, pearson
 from lab.sweeps.plan import FIXED_COLUMNS
@@ -51,11 +53,11 @@ def finding(fid: str):
     return next(f for f in FINDINGS if f.id == fid)
 
 
-def by_label(decision) -> dict[str, F.Outcome]:
+def by_label(decision) -> dict[str, FD.Outcome]:
     return {o.contrast.label + (f" ({o.group})" if o.group else ""): o for o in decision.outcomes}
 
 
-def directional(decision) -> list[F.Outcome]:
+def directional(decision) -> list[FD.Outcome]:
     return [o for o in decision.outcomes if o.contrast.kind != "equivalence"]
 
 
@@ -71,11 +73,11 @@ def self_correction(results: Path, gfid: dict[str, float], **kw) -> Path:
 def test_planted_effects_are_reproduced_and_nulls_undecided_with_d(tmp_path):
     # BSC 0.3 is 40 gFID better than none and than flips (far above the seed noise); the BSC strengths are equal
     self_correction(tmp_path, {"none": 100, "flip-0.3": 100, "bsc-0.1": 60, "bsc-0.2": 60, "bsc-0.3": 60})
-    f5 = F.decide(finding("F5"), tmp_path)
+    f5 = FD.decide(finding("F5"), tmp_path)
     assert not f5.incomplete and f5.verdict == "reproduced"
     for o in f5.outcomes:
         assert o.estimate == pytest.approx(-40) and o.ci[1] < 0 and o.p_holm < 0.05
-    f6 = F.decide(finding("F6"), tmp_path)
+    f6 = FD.decide(finding("F6"), tmp_path)
     assert f6.verdict == "undecided"  # similar, but "0.3 best" is not shown
     for o in f6.outcomes:  # the same noise in both cells: every paired difference is 0
         assert o.estimate == pytest.approx(0)
@@ -87,7 +89,7 @@ def test_a_null_with_seed_noise_is_undecided_and_reports_d(tmp_path):
     other = [0.5, 1.6, -0.9]
     write_suite(tmp_path, "self_correction", SELF_CORRECTION, metrics=lambda label, axes, s: {
         "gfid": 80 + (NOISE[s] if label == "bsc-0.3" else other[s]), **GEN})
-    f6 = F.decide(finding("F6"), tmp_path)
+    f6 = FD.decide(finding("F6"), tmp_path)
     assert f6.verdict == "undecided"
     diffs = [NOISE[s] - other[s] for s in range(3)]
     mean = sum(diffs) / 3
@@ -104,7 +106,7 @@ def test_a_planted_opposite_effect_is_contradicted(tmp_path):
                 metrics=lambda label, axes, s: {
                     "gfid": (150 if axes["generator.order"] == "raster" else 200) + NOISE[s],
                     "sample_images_per_s": (40 if axes["generator.order"] == "raster" else 20) + NOISE[s] / 10, **GEN})
-    f8 = F.decide(finding("F8"), tmp_path)
+    f8 = FD.decide(finding("F8"), tmp_path)
     assert f8.verdict == "contradicted"
     assert all(o.verdict == "contradicted" for o in f8.outcomes)
     gfid = next(o for o in f8.outcomes if o.contrast.metric == "gfid")
@@ -113,7 +115,7 @@ def test_a_planted_opposite_effect_is_contradicted(tmp_path):
 
 def test_an_effect_reproduced_in_one_contrast_and_undecided_in_another_is_undecided(tmp_path):
     self_correction(tmp_path, {"none": 100, "flip-0.3": 60, "bsc-0.1": 60, "bsc-0.2": 60, "bsc-0.3": 60})
-    f5 = F.decide(finding("F5"), tmp_path)
+    f5 = FD.decide(finding("F5"), tmp_path)
     verdicts = {o.contrast.case + "/" + o.contrast.baseline: o.verdict for o in f5.outcomes}
     assert verdicts == {"bsc-0.3/none": "reproduced", "bsc-0.3/flip-0.3": "undecided"}
     assert f5.verdict == "undecided"
@@ -124,7 +126,7 @@ def test_a_suite_with_missing_runs_is_incomplete_not_decided_from_the_finished_o
     # the finished runs alone would reproduce F5 (a 40-gFID effect); one run has not finished
     self_correction(tmp_path, {"none": 100, "flip-0.3": 100, "bsc-0.1": 60, "bsc-0.2": 60, "bsc-0.3": 60},
                     status={("bsc-0.3", 2): "missing"})
-    d = F.decide(finding("F5"), tmp_path)
+    d = FD.decide(finding("F5"), tmp_path)
     assert d.verdict == "incomplete" and d.outcomes == []
     assert "1 of 15 runs not finished" in d.incomplete
     md = F.markdown([d])
@@ -134,13 +136,13 @@ def test_a_suite_with_missing_runs_is_incomplete_not_decided_from_the_finished_o
 def test_fewer_than_three_seeds_or_pre_protocol_results_are_incomplete(tmp_path):
     gfid = {"none": 100, "flip-0.3": 100, "bsc-0.1": 60, "bsc-0.2": 60, "bsc-0.3": 60}
     self_correction(tmp_path, gfid, seeds=(0, 1))
-    d = F.decide(finding("F5"), tmp_path)
+    d = FD.decide(finding("F5"), tmp_path)
     assert d.verdict == "incomplete" and "2 seeds" in d.incomplete
     self_correction(tmp_path, gfid, drop=("kid", "gfid_normalized"))
-    d = F.decide(finding("F5"), tmp_path)
+    d = FD.decide(finding("F5"), tmp_path)
     assert d.verdict == "incomplete" and "not yet rerun under the protocol" in d.incomplete
     assert "kid" in d.incomplete and "gfid_normalized" in d.incomplete
-    d = F.decide(finding("F8"), tmp_path)  # no results/order at all
+    d = FD.decide(finding("F8"), tmp_path)  # no results/order at all
     assert d.verdict == "incomplete" and "not yet run" in d.incomplete
 
 
@@ -148,16 +150,16 @@ def test_results_published_from_a_smoke_run_are_not_a_result(tmp_path):
     path = self_correction(tmp_path, {"none": 100, "flip-0.3": 100, "bsc-0.1": 60, "bsc-0.2": 60, "bsc-0.3": 60})
     (path.parent / "report.md").write_text("Command: `python -m lab run ablations/self_correction preset=smoke`\n"
                                            "(`make experiment NAME=ablations/self_correction` preset=smoke). Preset `smoke`.\n")
-    d = F.decide(finding("F5"), tmp_path)
+    d = FD.decide(finding("F5"), tmp_path)
     assert d.verdict == "incomplete" and "smoke" in d.incomplete and d.preset == "smoke"
     (path.parent / "report.md").write_text("Preset `cpu`.\n")
-    assert F.decide(finding("F5"), tmp_path).verdict == "reproduced"
+    assert FD.decide(finding("F5"), tmp_path).verdict == "reproduced"
 
 
 def test_a_recorded_out_of_memory_run_is_a_result_not_a_missing_run(tmp_path):
     gfid = {"none": 100, "flip-0.3": 100, "bsc-0.1": 60, "bsc-0.2": 60, "bsc-0.3": 60}
     self_correction(tmp_path, gfid, status={("bsc-0.1", 0): "out_of_memory"}, seeds=(0, 1, 2, 3))
-    d = F.decide(finding("F5"), tmp_path)
+    d = FD.decide(finding("F5"), tmp_path)
     assert not d.incomplete and d.verdict == "reproduced"
 
 
@@ -168,9 +170,9 @@ def test_the_tokenizer_suite_needs_rkid_and_steps_through_the_vocabularies(tmp_p
     metrics = lambda label, axes, s: {"psnr": psnr[axes["case"]] + NOISE[s] / 10,  # noqa: E731
                                       "rfid": rfid[axes["case"]] + NOISE[s], "rkid": 0.01}
     write_suite(tmp_path, "tokenizer_vocab", cases, metrics=metrics, drop=("rkid",))
-    assert "rkid" in F.decide(finding("F1"), tmp_path).incomplete
+    assert "rkid" in FD.decide(finding("F1"), tmp_path).incomplete
     write_suite(tmp_path, "tokenizer_vocab", cases, metrics=metrics)
-    d = F.decide(finding("F1"), tmp_path)
+    d = FD.decide(finding("F1"), tmp_path)
     assert d.verdict == "reproduced" and len(d.outcomes) == 4
     assert {round(o.estimate, 6) for o in d.outcomes} == {2.0, -10.0}
 
@@ -191,12 +193,12 @@ def test_f3_compares_heads_within_the_bsq_case_and_f9_vq_labels_with_bsq_bits(tm
                 **{f"label_noise.0.03.{k}": v for k, v in LABEL_NOISE[q].items()}, **GEN}
 
     write_suite(tmp_path, "head_index_vs_bitwise", HEADS, metrics=metrics)
-    f3 = F.decide(finding("F3"), tmp_path)
+    f3 = FD.decide(finding("F3"), tmp_path)
     assert f3.verdict == "reproduced"
     assert {o.group for o in f3.outcomes} == {"bsq-2^12"}  # the VQ case is not Tab.5's question
     params = next(o for o in f3.outcomes if o.contrast.metric == "head_params")
     assert params.exact and params.estimate == 1548 - 528384 and "identical in all 3 runs" in F.effect_text(params)
-    f9 = F.decide(finding("F9"), tmp_path)
+    f9 = FD.decide(finding("F9"), tmp_path)
     o = f9.outcomes[0]
     assert f9.verdict == "reproduced" and o.n == 3  # the index-head runs only: one per seed
     # like with like: VQ's label changes against BSQ's bit flips, not BSQ's own labels against its own bits
@@ -211,7 +213,7 @@ def test_f9_is_contradicted_when_bsq_bits_flip_more_often_than_vq_labels_change(
     write_suite(tmp_path, "head_index_vs_bitwise", HEADS, metrics=lambda label, axes, s: {
         **{f"label_noise.0.03.{k}": v for k, v in flipped[axes["case"].split("-")[0]].items()}, "gfid": 100 + NOISE[s],
         "head_params": 1, **GEN})
-    assert F.decide(finding("F9"), tmp_path).verdict == "contradicted"
+    assert FD.decide(finding("F9"), tmp_path).verdict == "contradicted"
 
 
 @pytest.mark.parametrize("interaction, verdict", [(-30.0, "reproduced"), (0.0, "undecided"), (30.0, "contradicted")])
@@ -228,7 +230,7 @@ def test_f4_difference_of_differences(tmp_path, interaction, verdict):
         return {"gfid": g + (other[s] if (q, z) == ("bsq-32", "s") else NOISE[s]), **GEN}
 
     write_suite(tmp_path, "vocab_vs_model", points, metrics=metrics)
-    d = F.decide(finding("F4"), tmp_path)
+    d = FD.decide(finding("F4"), tmp_path)
     o = by_label(d)["(2^32 − 2^16) at the largest size − at the smallest, gFID (generator.size = xs → s)"]
     assert o.estimate == pytest.approx(interaction + sum(other[s] - NOISE[s] for s in range(3)) / 3)
     assert o.verdict == verdict
@@ -236,7 +238,7 @@ def test_f4_difference_of_differences(tmp_path, interaction, verdict):
 
 
 # ----------------------------------------------------------------------------------------------- F6
-def equivalence(decision) -> F.Outcome:
+def equivalence(decision) -> FD.Outcome:
     return next(o for o in decision.outcomes if o.contrast.kind == "equivalence")
 
 
@@ -246,7 +248,7 @@ def test_f6_equal_strengths_within_the_margin_are_similar(tmp_path):
     other = [0.85, -1.0, 0.2, -0.35, 0.95]
     write_suite(tmp_path, "self_correction", SELF_CORRECTION, seeds=range(5), metrics=lambda label, axes, s: {
         "gfid": {"none": 100, "flip-0.3": 100}.get(label, 60) + (other[s] if label == "bsc-0.1" else NOISE[s]), **GEN})
-    d = F.decide(finding("F6"), tmp_path)
+    d = FD.decide(finding("F6"), tmp_path)
     o = equivalence(d)
     assert o.verdict == "reproduced" and o.equivalence.equivalent
     assert o.equivalence.margin == pytest.approx(0.05 * (60 + sum(other) / 5))
@@ -267,7 +269,7 @@ def test_f6_a_planted_difference_outside_the_margin_is_not_similar(tmp_path, shi
     write_suite(tmp_path, "self_correction", SELF_CORRECTION, metrics=lambda label, axes, s: {
         "gfid": {"none": 100, "flip-0.3": 100, "bsc-0.3": 60 + shift}.get(label, 60)
         + (other[s] if label == "bsc-0.3" else NOISE[s]), **GEN})
-    o = equivalence(F.decide(finding("F6"), tmp_path))
+    o = equivalence(FD.decide(finding("F6"), tmp_path))
     assert not o.equivalence.equivalent and o.verdict == verdict
     text = F.verdict_text(o)
     assert ("differs by more than ±3" in text) if verdict == "contradicted" else (
@@ -288,7 +290,7 @@ def test_the_findings_print_the_holm_adjusted_interval_that_decided(tmp_path):
         noise = {c: rng.normal(0, 1, 4) for c in SELF_CORRECTION}
         write_suite(tmp_path, "self_correction", SELF_CORRECTION, seeds=range(4), metrics=lambda label, axes, s: {
             "gfid": 100 - effects.get(label, 0.0) + float(noise[label][s]), **GEN})
-        d = F.decide(finding("F5"), tmp_path)
+        d = FD.decide(finding("F5"), tmp_path)
         for o in d.outcomes:
             excludes = o.ci[0] > 0 or o.ci[1] < 0
             assert excludes == (o.p_holm < 0.05) == (o.verdict != "undecided")
@@ -313,14 +315,14 @@ def test_f7_correlates_per_loss_kind_and_never_pools_bce_with_cross_entropy(tmp_
         return {"val_loss": loss, "gfid": gfid, "kid": gfid / 1000, "gfid_normalized": 0.2}
 
     path = write_suite(tmp_path, "model_scaling", points, metrics=metrics)
-    d = F.decide(finding("F7"), tmp_path)
+    d = FD.decide(finding("F7"), tmp_path)
     assert {o.group for o in d.outcomes} == {"bit BCE (bitwise head)", "index cross-entropy (index head)"}
     assert all(o.n == 9 and o.estimate > 0.9 and o.ci[0] > 0 and o.verdict == "reproduced" for o in d.outcomes)
     assert d.verdict == "reproduced" and "(Bonferroni 98.75 % interval)" in F.effect_text(d.outcomes[0])  # over 4
     rows = list(csv.DictReader(open(path)))
     assert pearson([float(r["val_loss"]) for r in rows], [float(r["gfid"]) for r in rows]) < -0.5  # pooled: wrong sign
 
-    from lab.sweeps.report import correlations_section
+    from lab.sweeps.report_sections import correlations_section
 
     text = correlations_section(rows, [{"kind": "scatter", "x": "val_loss", "y": "gfid"}], head="bitwise")
     for kind in ("bit BCE (bitwise head)", "index cross-entropy (index head)"):
@@ -336,7 +338,7 @@ def test_f7_takes_the_loss_kind_from_the_suite_when_the_head_is_not_swept(tmp_pa
     write_suite(tmp_path, "model_scaling", points, metrics=lambda label, axes, s: {
         **GEN, "val_loss": 0.25 + 0.001 * NOISE[s], "gfid": 200 + [3, -2, 1][k[axes["generator.size"]]] * (s - 1),
         "kid": 0.1 + 0.01 * NOISE[(s + 1) % 3]})
-    d = F.decide(finding("F7"), tmp_path)
+    d = FD.decide(finding("F7"), tmp_path)
     assert [o.group for o in d.outcomes] == ["bit BCE (bitwise head)"] * 2  # model_scaling.yaml: head bitwise
     undecided = [o for o in d.outcomes if o.verdict == "undecided"]
     assert undecided and all(o.ci[0] < 0 < o.ci[1] and o.d is not None and 0 < o.d < 1 for o in undecided)
@@ -356,11 +358,11 @@ def write_bench(results: Path, lfq_per_bit: float, quick: bool = False) -> None:
 @pytest.mark.parametrize("per_bit, verdict", [(2.0, "reproduced"), (0.5, "contradicted")])
 def test_f2_lfq_memory_growth_against_bsq_from_the_bench(tmp_path, per_bit, verdict):
     write_bench(tmp_path, per_bit)
-    d = F.decide(finding("F2"), tmp_path)
+    d = FD.decide(finding("F2"), tmp_path)
     assert d.verdict == verdict
     assert "skipped: estimated 28 GiB" in d.outcomes[0].note  # the cases beyond the budget are reported
     write_bench(tmp_path, per_bit, quick=True)
-    assert F.decide(finding("F2"), tmp_path).verdict == "incomplete"
+    assert FD.decide(finding("F2"), tmp_path).verdict == "incomplete"
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -398,9 +400,9 @@ def test_a_results_directory_that_does_not_exist_is_a_config_error(tmp_path):
 
 def test_the_committed_results_are_not_decided_from_pre_protocol_runs():
     """Today's results/ predate issue 13's protocol (no KID): every suite finding is incomplete, not decided."""
-    for d in F.decide_all(F.ROOT / "results"):
+    for d in FD.decide_all(F.ROOT / "results"):
         if d.finding.suite != "bench" and (F.ROOT / "results" / d.finding.suite / "results.csv").is_file():
-            columns, _ = F.read_rows(F.ROOT / "results" / d.finding.suite / "results.csv")
+            columns, _ = FDATA.read_rows(F.ROOT / "results" / d.finding.suite / "results.csv")
             if "kid" not in columns and "rkid" not in columns:
                 assert d.verdict == "incomplete" and "protocol" in d.incomplete
 

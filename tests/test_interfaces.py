@@ -22,6 +22,23 @@ def test_every_quantizer_is_a_quantizer(name):
     assert torch.allclose(q.codes_to_latent(out.codes), out.z_q, atol=1e-5)
 
 
+def test_what_the_multi_scale_quantizer_uses_of_a_quantizer_is_declared():
+    """MultiScaleQuantizer touches a quantizer only through ``Quantizer`` and the optional ``SyncsBatchStatistics``;
+    BSQ has the latter, VQ not."""
+    import ast
+    import inspect
+
+    from lab.quantizers import base, multiscale
+
+    declared = {"code_kind", "bits", "vocab_size", "codes_to_latent", "defer_sync", "diversity_loss"}
+    tree = ast.parse(inspect.getsource(multiscale))
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Attribute)
+            and n.value.attr == "quantizer" and isinstance(n.value.value, ast.Name) and n.value.value.id == "self"}
+    assert used and used <= declared, f"undeclared: {used - declared}"
+    assert isinstance(build_quantizer({"name": "bsq", "bits": 6}, dim=8), base.SyncsBatchStatistics)
+    assert not isinstance(build_quantizer({"name": "vq", "codebook_size": 64}, dim=8), base.SyncsBatchStatistics)
+
+
 @pytest.mark.parametrize("name", sorted(HEADS))
 @pytest.mark.parametrize("code_kind, levels", [("index", None), ("bits", None), ("index", [2, 4, 2])])
 def test_every_head_is_a_head_for_every_code_kind(name, code_kind, levels):

@@ -1,12 +1,12 @@
-"""F9's measurement (``lab.metrics.evaluate.label_moves`` / ``label_noise_sensitivity``) on a hand-made latent where
-the answer is known: a VQ codebook and a BSQ quantizer of the same 2 bits whose cells are the same four quadrants,
-and perturbations that cross a known number of cell boundaries."""
+"""F9's measurement (``lab.evaluation.label_noise.label_moves`` / ``label_noise_sensitivity``) on a hand-made
+latent where the answer is known: a VQ codebook and a BSQ quantizer of the same 2 bits whose cells are the same four
+quadrants, and perturbations that cross a known number of cell boundaries."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lab.metrics.evaluate import LABEL_NOISE_KEYS, label_moves, label_noise_sensitivity
+from lab.evaluation.label_noise import LABEL_NOISE_KEYS, label_moves, label_noise_sensitivity
 from lab.quantizers.bsq import BSQ
 from lab.quantizers.vq import VQ
 

@@ -1,6 +1,6 @@
 """The package's architecture, checked: every module sits in one layer, imports only its own layer or lower ones
-(function-local imports included), no import circles, no private name imported across modules, and the flat
-0.1 module paths still import as aliases of their new homes."""
+(function-local imports included), no import circles, no private name imported across modules, no module over
+MAX_LINES lines, and the flat 0.1 module paths still import as aliases of their new homes."""
 from __future__ import annotations
 
 import ast
@@ -15,9 +15,9 @@ LAB = Path(__file__).resolve().parents[1] / "lab"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("lab.core",)),
     ("runtime", ("lab.runtime",)),
-    ("data and quantizers", ("lab.data", "lab.quantizers", "lab.metrics.measures", "lab.metrics.fid_protocol")),
+    ("data, quantizers and metrics", ("lab.data", "lab.quantizers", "lab.metrics")),
     ("models", ("lab.models",)),
-    ("generation and evaluation", ("lab.generation", "lab.metrics.evaluate")),
+    ("generation and evaluation", ("lab.generation", "lab.evaluation")),
     ("training", ("lab.train",)),
     ("config", ("lab.config",)),
     ("stages", ("lab.stages",)),
@@ -35,7 +35,7 @@ MODULES = {module_name(p): p for p in sorted(LAB.rglob("*.py"))}
 
 
 def layer_of(module: str) -> int:
-    best = None  # the longest matching prefix wins (lab.metrics.evaluate over lab.metrics)
+    best = None  # the longest matching prefix wins (lab.core over lab, the prefix of every module)
     for i, (_, prefixes) in enumerate(LAYERS):
         for p in prefixes:
             if module == p or module.startswith(p + "."):
@@ -108,6 +108,16 @@ def test_no_import_circles():
             pytest.fail("import circle: " + " -> ".join(cycle))
 
 
+MAX_LINES = 400  # a module longer than this is split along a seam into cohesive modules of its package
+
+
+def test_every_module_is_at_most_max_lines_long():
+    long = {str(p.relative_to(LAB.parent)): n for p in MODULES.values()
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, (f"modules over {MAX_LINES} lines (split each along a natural seam into modules of its "
+                      f"package): " + ", ".join(f"{p} ({n})" for p, n in sorted(long.items())))
+
+
 def test_no_private_name_is_imported_across_modules():
     bad = [f"{MODULES[m].relative_to(LAB.parent)}:{line} takes {n} from {t}"
            for m in MODULES for t, names, line in imports(m) for n in names if n.startswith("_") and t != m]
@@ -132,11 +142,6 @@ def test_the_readme_and_the_package_docstring_state_this_layer_map():
 # The config's top-level sections: a subscript by one of these names below the config layer reads a config.
 SECTIONS = ("data", "loader", "quantizer", "tokenizer", "loss", "optim", "trainer", "eval", "resolved", "presets",
             "tokenizer_train", "generator", "head", "correction", "generator_loss", "sample", "sweep", "report")
-# Modules of the runtime layer that still read a whole config (issue 27, left to do): each takes the run's config
-# for what it records or checks as a whole (the runs folder, loggers and their hparams, resume and record
-# comparisons, the config's ranges). This list may only shrink.
-STILL_READ_A_CONFIG = {"lab.runtime.files", "lab.runtime.tracking", "lab.runtime.runlock", "lab.runtime.safety",
-                       "lab.runtime.naming"}  # (naming: a run's name is made from its whole config)
 # Not readers: the config's own plain helpers (to_dict, save_config: convert and write one, read nothing in it), and
 # SampleOptions' ``cfg``, the 0.1 name of ``guidance`` (a number, until 0.2).
 NOT_READERS = {("lab.core.registry", "to_dict"), ("lab.core.registry", "save_config"),
@@ -166,10 +171,8 @@ def test_lower_layers_take_plain_arguments_not_the_config():
     below = [m for m in MODULES if layer_of(m) < top]
     bad = [m for m in below if any(t == "lab.config" for t, _, _ in imports(m))]
     assert not bad, f"modules below the config layer that import lab.config: {bad}"
-    readers = {m: r for m in below if (r := config_readers(m)) and m not in STILL_READ_A_CONFIG}
+    readers = {m: r for m in below if (r := config_readers(m))}
     assert not readers, f"modules below the config layer that take a config mapping: {readers}"
-    done = sorted(m for m in STILL_READ_A_CONFIG if not config_readers(m))
-    assert not done, f"these no longer read a config: remove them from STILL_READ_A_CONFIG: {done}"
 
 
 @pytest.mark.parametrize("old", sorted(__import__("lab").MOVED))

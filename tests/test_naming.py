@@ -52,7 +52,8 @@ def test_a_numeric_name_is_a_name():
 
 
 def test_old_records_and_resumes_ignore_names_and_tags(tmp_path):
-    from lab.runtime.runlock import check_resume, config_differences, read_config
+    from lab.config.runs import check_resume, read_config
+    from lab.runtime.runlock import config_differences
     from lab.sweeps.records import record_differences
 
     new = load_experiment("quickstart", ["preset=smoke", "run_name=renamed", "tags=[a]"])
@@ -123,9 +124,10 @@ def _events(path):
 
 
 def test_tensorboard_gets_settings_as_hparams_and_text_curves_first_and_an_image(tmp_path):
+    from lab.config.runs import run_info
     from lab.runtime import tracking
 
-    cfg = load_experiment("quickstart", ["preset=smoke", "tags=[x]"])
+    cfg = run_info(load_experiment("quickstart", ["preset=smoke", "tags=[x]"]))
     run_dir = tmp_path / "quickstart-20250101-000000-s0"
     lg = tracking.build_loggers(cfg, run_dir)[0]
     lg.log_metrics({"epoch": 0, "train/loss": 1.0, "val/psnr": 9.0}, step=1)  # Lightning adds epoch; dropped

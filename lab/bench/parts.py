@@ -15,6 +15,8 @@ a list of row dicts measured side by side in one process.
 - ``roofline``: measured matmul and convolution peaks at 1 and 2 threads beside the achieved FLOP/s of both stages'
   training steps (issue 23; lab/bench/roofline.py).
 - ``profile``: where one training step's time goes, per stage, by torch.profiler (issue 23; lab/bench/step_profile.py).
+- ``inception``: the evaluation's Inception features per second by batch size, threads and memory layout
+  (lab/bench/inception.py).
 
 Timings are medians of wall-clock repeats after a warm-up; on a shared CPU they are noisy, so the ratios
 (measured in the same run) are the figures to read, not the absolute milliseconds.
@@ -28,6 +30,9 @@ from lab.bench.common import (INDEX_HEAD_MEM_FACTOR, LFQ_MEM_FACTOR, MAX_BUILT_I
 from lab.bench.families import COLUMNS as FAMILY_COLUMNS
 from lab.bench.families import NOTES as FAMILY_NOTES
 from lab.bench.families import bench_families
+from lab.bench.inception import COLUMNS as INCEPTION_COLUMNS
+from lab.bench.inception import NOTES as INCEPTION_NOTES
+from lab.bench.inception import bench_inception
 from lab.bench.machine import bench_machine
 from lab.bench.roofline import COLUMNS as ROOFLINE_COLUMNS
 from lab.bench.roofline import NOTES as ROOFLINE_NOTES
@@ -310,4 +315,5 @@ PARTS: dict[str, dict] = {
                "bitwise self-correction with re-quantization); % of s step = its share of (preparation + size-s step)."]),
     "roofline": dict(fn=bench_roofline, columns=ROOFLINE_COLUMNS, notes=ROOFLINE_NOTES),
     "profile": dict(fn=bench_profile, columns=PROFILE_COLUMNS, notes=PROFILE_NOTES),
+    "inception": dict(fn=bench_inception, columns=INCEPTION_COLUMNS, notes=INCEPTION_NOTES),
 }

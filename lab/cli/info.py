@@ -13,7 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from lab.config import ROOT, available_experiments, header_comment
+from lab.config import ROOT, available_experiments, header_comment, load_experiment, to_dict
+from lab.config.runs import new_run_id
+from lab.runtime.files import runs_root
+from lab.sweeps.plan import plan
+from lab.sweeps.timing import run_time_text
 
 # a duration as the YAML headers write it: "10 minutes", "9 min 18 s", "1h15m", "2 hours"
 _DURATION = r"(?:\d+h\d{2}m|\d+(?:\.\d+)? ?(?:minutes|min|hours?)\b(?: \d+ ?s\b)?)"
@@ -56,13 +60,8 @@ def stated_run_time(lines: Sequence[str]) -> str:
 
 
 def measured_run_time(name: str) -> str:
-    """From the committed results (results/<experiment>/): the sweep command's wall time, or a run's wall time."""
+    """From the committed results (results/<experiment>/metrics.json): the wall time of its one published run."""
     folder = ROOT / "results" / Path(name).name
-    report = folder / "report.md"
-    if report.is_file():
-        m = re.search(r"wall time, tokenizers included: (\S+) over", report.read_text())
-        if m:
-            return f"sweep measured {m.group(1)} (results/{folder.name}/report.md)"
     metrics = folder / "metrics.json"
     if metrics.is_file():
         try:
@@ -79,7 +78,8 @@ def cmd_list(args: Any = None) -> None:
     cols = shutil.get_terminal_size((10_000, 24)).columns if sys.stdout.isatty() else 10_000
     for name in names:
         lines = header_comment(name)
-        when = stated_run_time(lines) or measured_run_time(name)
+        measured = run_time_text(ROOT / "results" / Path(name).name)  # a suite's published records, per CPU kind
+        when = f"measured {measured}" if measured else stated_run_time(lines) or measured_run_time(name)
         text = describe(lines)
         text += f" [{when}]" if when and when not in text else ""
         if len(text) > cols - width:  # one line per experiment on a terminal
@@ -89,8 +89,7 @@ def cmd_list(args: Any = None) -> None:
 
 def planned_run_dir(cfg: Any) -> str:
     """The run directory ``lab.stages.run.make_run_dir`` would use for ``cfg``, computed without creating anything."""
-    root = Path(cfg["runs_dir"])
-    base = (root if root.is_absolute() else ROOT / root) / cfg["name"]
+    base = runs_root(cfg["runs_dir"]) / cfg["name"]
     if cfg["resume"]:
         if cfg["run_id"]:
             return str(base / str(cfg["run_id"])) + " (resumed)"
@@ -100,16 +99,12 @@ def planned_run_dir(cfg: Any) -> str:
     if cfg["run_id"]:
         run_dir = base / str(cfg["run_id"])
         return str(run_dir) + (" (exists: the run would be refused)" if run_dir.exists() else "")
-    from lab.runtime.naming import new_run_id
-
     return str(base / new_run_id(cfg)) + " (a new id: the run's name, the start time and the seed)"
 
 
 def dry_run(name: str, overrides: Sequence[str]) -> None:
     """Print the resolved config and its run directory (every point of a sweep, each with its own); write nothing."""
     from omegaconf import OmegaConf
-
-    from lab.config import load_experiment
 
     from lab.stages.preflight import check_run
 
@@ -120,8 +115,6 @@ def dry_run(name: str, overrides: Sequence[str]) -> None:
         print(f"# run directory: {planned_run_dir(cfg)}")
         print("".join(f"# note: {n}\n" for n in notes) + "# dry run: every check passed; nothing was created")
         return
-    from lab.config import to_dict
-    from lab.sweeps.plan import plan
 
     suite, jobs = plan(name, overrides)
     notes = list(dict.fromkeys(n for job in jobs for n in check_run(job.cfg)))

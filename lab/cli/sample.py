@@ -6,11 +6,13 @@ import sys
 from pathlib import Path
 
 from lab.core.registry import ConfigError
+from lab.cli.sample_grid import new_output_path, save_grid
+from lab.config.runs import checkpoint_config, read_config
+from lab.runtime.safety import check_sample_options, load_checkpoint
 
 
 class _Guidance(argparse.Action):
     """--guidance, or its deprecated name --cfg: the value, and which name was typed (for the messages)."""
-
     def __call__(self, parser, namespace, values, option_string=None):
         namespace.guidance, namespace.guidance_flag = values, option_string
 
@@ -18,10 +20,9 @@ class _Guidance(argparse.Action):
 def cmd_sample(args: argparse.Namespace) -> None:
     import torch  # torch and the models load with the command, not at `python -m lab` start-up
 
-    from lab.stages.generator import load_generator, sample_opts
+    from lab.stages.generator import load_generator
+    from lab.stages.generator_eval import sample_opts
     from lab.generation.sampling import sample_images
-
-    from lab.runtime.safety import check_sample_options
 
     if args.guidance_flag == "--cfg":
         print("note: --cfg is deprecated (removed in 0.2): it is --guidance now.", file=sys.stderr)
@@ -59,7 +60,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
                                                                   ("top_p", args.top_p), ("top_k", args.top_k)) if v is not None})
     with torch.no_grad():
         imgs = sample_images(model, module.head, module.tokenizer, batch_size=args.n, opts=opts, **kw)
-    from lab.cli.sample_grid import new_output_path, save_grid
 
     # a new file beside the run each time (never an earlier grid), unless --out names one
     out = Path(args.out) if args.out else new_output_path(run_dir if run_dir.is_dir() else run_dir.parent.parent)
@@ -73,18 +73,17 @@ MAX_SIZE = 4096  # pixels per image in the grid
 def run_config(run_dir: Path) -> dict:
     """A generator run's config without building its model: the run's config.yaml, else (a checkpoint outside a
     run directory) the checkpoint's hyper-parameters."""
-    from lab.runtime.runlock import read_config
-    from lab.runtime.safety import load_checkpoint
     from lab.stages.generator import SAMPLE_FIX, checkpoint_in
 
     folder = run_dir if run_dir.is_dir() else run_dir.parent.parent
     if (folder / "config.yaml").is_file():
         cfg = read_config(folder / "config.yaml")
     else:
-        ckpt = load_checkpoint(checkpoint_in(run_dir, "", SAMPLE_FIX))
-        hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-        cfg = hp.get("cfg") if isinstance(hp, dict) else None
-        cfg = cfg if isinstance(cfg, dict) else {}
+        path = checkpoint_in(run_dir, "", SAMPLE_FIX)
+        try:
+            cfg = checkpoint_config(load_checkpoint(path), path, "generator")
+        except ConfigError as e:
+            raise ConfigError(f"{e} {SAMPLE_FIX}") from None
     if cfg.get("stage") != "generator":
         raise ConfigError(f"{run_dir} is not a generator run (its config says stage: {cfg.get('stage')!r}). "
                           f"{SAMPLE_FIX}")
@@ -120,7 +119,7 @@ def refuse_inapplicable(args: argparse.Namespace, cond_kind: str) -> None:
 
 def _class_captions(cfg, labels: list[int]) -> list[str]:
     """Class names for the grid's captions (numbers when the data has none, or its cache cannot be read)."""
-    from lab.data.datasets import DataError
+    from lab.data.sources import DataError
     from lab.cli.sample_grid import class_names
 
     try:

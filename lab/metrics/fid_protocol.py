@@ -22,16 +22,16 @@ import json
 import math
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from lab.core.settings import EvalSettings
 from lab.core.registry import ConfigError
-from lab.metrics.measures import InceptionFeatures, fid_model_path, mean_cov
+from lab.metrics.fid import InceptionFeatures, fid_model_path, mean_cov
 from lab.runtime.files import atomic_torch_save, atomic_write, cache_root, exclusive
 from lab.runtime.progress import Progress, phase
 
@@ -229,7 +229,7 @@ def reference(images: Tensor, *, split: str, data: str = "", limit: int | None =
 
 # ------------------------------------------------------------------------------------------------ FID and KID
 def fid(ref: FeatureSet, other: FeatureSet) -> float:
-    """The Frechet distance between the two sets' Gaussians, ``lab.metrics.measures.frechet_distance``'s formula
+    """The Frechet distance between the two sets' Gaussians, ``lab.metrics.fid.frechet_distance``'s formula
     ``|mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr (R S2 R)^(1/2)`` with ``R = S1^(1/2)`` of ``ref`` computed once per
     reference (one 2048x2048 eigenproblem per FID instead of two)."""
     if ref.n < 2 or other.n < 2:
@@ -328,10 +328,9 @@ def random_code_images(tokenizer: Any, n: int, *, seed: int = 0, batch_size: int
     return torch.cat(out)
 
 
-def options(ev: Mapping | None) -> dict:
-    """The protocol's settings from a config's ``eval:`` node (defaults where it has none)."""
-    ev = ev or {}
-    return {k: (ev[k] if k in ev else v) for k, v in DEFAULTS.items()}
+def options(ev: EvalSettings | None) -> dict:
+    """The protocol's settings (``DEFAULTS``' keys) from the run's ``eval`` section; the defaults without one."""
+    return dict(DEFAULTS) if ev is None else {k: getattr(ev, k) for k in DEFAULTS}
 
 
 def check_eval_size(fid_samples: int, available: int, split: str = "validation") -> None:

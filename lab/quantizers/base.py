@@ -39,6 +39,23 @@ class Quantizer(Protocol):
         """Codes -> the quantized latent (B, C, h, w) that ``z_q`` would be (no gradient path)."""
 
 
+BIT_MARGINAL = "bit_marginal"  # stats key: a scale's batch statistics left for the caller to reduce (below)
+
+
+@runtime_checkable
+class SyncsBatchStatistics(Protocol):
+    """The one optional capability ``MultiScaleQuantizer`` uses beyond ``Quantizer``: a quantizer whose loss needs
+    statistics of the whole batch reduced over processes (BSQ's entropy term needs every bit's marginal) leaves
+    them in ``stats[BIT_MARGINAL]`` while ``defer_sync`` is set, and the multi-scale quantizer reduces every
+    scale's at once (one all-reduce instead of one per scale) and adds ``diversity_loss(marginal, stats)``.
+    A quantizer without it computes its whole loss itself."""
+
+    defer_sync: bool
+
+    def diversity_loss(self, marginal: Tensor, stats: dict) -> Tensor:
+        """The loss term of the reduced ``marginal`` (it may add its own logging scalars to ``stats``)."""
+
+
 def binary_entropy(p: Tensor) -> Tensor:
     """Entropy in bits of Bernoulli(p), elementwise; safe at 0 and 1."""
     p = p.clamp(1e-7, 1 - 1e-7)

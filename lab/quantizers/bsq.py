@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lab.quantizers.codes import pack_bits
-from lab.quantizers.base import Projection, QuantOut, binary_entropy, distributed, global_mean, to_channels_last
+from lab.quantizers.base import (BIT_MARGINAL, Projection, QuantOut, binary_entropy, distributed, global_mean,
+                                 to_channels_last)
 
 
 class BSQ(nn.Module):
@@ -79,7 +80,7 @@ class BSQ(nn.Module):
             if not (self.sync_entropy and self.training and torch.is_grad_enabled() and distributed()):
                 loss = loss + self.diversity_loss(marginal, stats)
             elif self.defer_sync:  # the caller adds diversity_loss after one all-reduce for every scale's marginal
-                stats["bit_marginal"] = marginal
+                stats[BIT_MARGINAL] = marginal
             else:
                 loss = loss + self.diversity_loss(global_mean(marginal), stats)
         loss = loss + self.commitment(u, q, stats)

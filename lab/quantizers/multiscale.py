@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lab.quantizers.base import QuantOut, global_mean
+from lab.quantizers.base import BIT_MARGINAL, QuantOut, SyncsBatchStatistics, global_mean
 
 
 class Phi(nn.Module):
@@ -123,7 +123,7 @@ class MultiScaleQuantizer(nn.Module):
 
     # --- forward / decode ---------------------------------------------------------------------
     def forward(self, f: Tensor, *, keep_prefixes: bool = False) -> MultiScaleOut:
-        defer = hasattr(self.quantizer, "defer_sync")  # BSQ: one all-reduce of the bit marginals for all scales
+        defer = isinstance(self.quantizer, SyncsBatchStatistics)  # BSQ: one all-reduce of the marginals of all scales
         if defer:
             self.quantizer.defer_sync = True
         try:
@@ -131,9 +131,9 @@ class MultiScaleQuantizer(nn.Module):
         finally:
             if defer:
                 self.quantizer.defer_sync = False
-        pending = [k for k, st in enumerate(stats) if "bit_marginal" in st]
+        pending = [k for k, st in enumerate(stats) if BIT_MARGINAL in st] if defer else []
         if pending:
-            marginals = global_mean(torch.stack([stats[k].pop("bit_marginal") for k in pending]))
+            marginals = global_mean(torch.stack([stats[k].pop(BIT_MARGINAL) for k in pending]))
             for k, m in zip(pending, marginals):
                 loss = loss + self.quantizer.diversity_loss(m, stats[k])
         if self.training and self.learn_gain:

@@ -25,9 +25,9 @@ def cache_root() -> Path:
     return Path(root) if root else ROOT / ".cache"
 
 
-def runs_root(cfg: Any) -> Path:
-    """``runs_dir`` of a config, relative paths taken from the repository root."""
-    root = Path(cfg["runs_dir"])
+def runs_root(runs_dir: str | Path) -> Path:
+    """A config's ``runs_dir``, relative paths taken from the repository root."""
+    root = Path(runs_dir)
     return root if root.is_absolute() else ROOT / root
 
 

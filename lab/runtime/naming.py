@@ -1,4 +1,5 @@
-"""Run names and tags: ``run_name=`` and ``tags=[...]`` on any run, and the default name.
+"""Run names and tags: ``run_name=`` and ``tags=[...]`` on any run, checked here; the default name and a run's name
+from its config are made by lab/config/runs.py with this module's ``NAME_KEYS`` and ``slug``.
 
 A run's name is bookkeeping: it names the run directory (``runs/<experiment>/<name>-<time>-s<seed>``), the end
 summary, TensorBoard's HParams row, ``lab compare``'s rows; it never changes a result, so a resume or a sweep
@@ -9,11 +10,10 @@ quantizer, head and generator size (``quickstart-imagefolder``, ``bsq-vq``, ``c2
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Any, Mapping
 
 from lab.core.registry import ConfigError
-from lab.runtime.safety import SAFE_COMPONENT, check_component
+from lab.runtime.safety import check_component
 
 MAX_NAME = 80  # characters: a run directory's name adds the time and the seed to it
 MAX_TAG = 40
@@ -55,7 +55,8 @@ def check_tags(value: Any) -> None:
                               "and - _ . + = : (no spaces or commas), e.g. tags=[photos,baseline].")
 
 
-def _get(d: Any, dotted: str) -> Any:
+def dotted_get(d: Any, dotted: str) -> Any:
+    """``d``'s value at a dotted key (``quantizer.bits``), or None where the path is missing."""
     for part in dotted.split("."):
         if not isinstance(d, Mapping) or part not in d:
             return None
@@ -63,36 +64,6 @@ def _get(d: Any, dotted: str) -> Any:
     return d
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     """``text`` as a piece of a directory name: characters other than letters, digits and - _ . + = become '-'."""
     return re.sub(r"-+", "-", re.sub(r"[^A-Za-z0-9_.+=-]", "-", text)).strip("-.")
-
-
-def default_run_name(name: str, experiment: Mapping, cfg: Mapping) -> str:
-    """The experiment's own name, then each of ``NAME_KEYS`` whose value in ``cfg`` differs from the experiment's
-    (``experiment``: base.yaml, the experiment's YAML and the preset, before the sweep point and the command
-    line). ``quickstart`` on your own images: ``quickstart-imagefolder``."""
-    parts = [_slug(str(name).rsplit("/", 1)[-1]) or "run"]
-    for key, shown, stages in NAME_KEYS:
-        value = _get(cfg, key)
-        if cfg.get("stage") in stages and value is not None and value != _get(experiment, key):
-            parts.append(_slug(shown.format(value)))
-    out = "-".join(p for p in parts if p)[:MAX_NAME].rstrip("-.")
-    return out if SAFE_COMPONENT.match(out) else "run"
-
-
-def run_name(cfg: Any) -> str:
-    """The run's name: ``run_name`` as the config holds it (load_experiment fills in the default), else the
-    experiment's own name (a config recorded before names existed)."""
-    given = cfg.get("run_name") if hasattr(cfg, "get") else None
-    return str(given) if given else (_slug(str(cfg["name"]).rsplit("/", 1)[-1]) or "run")
-
-
-def run_tags(cfg: Any) -> list[str]:
-    tags = cfg.get("tags") if hasattr(cfg, "get") else None
-    return [] if tags is None or isinstance(tags, str) else [str(t) for t in tags]  # (a list or an OmegaConf ListConfig)
-
-
-def new_run_id(cfg: Any, now: datetime | None = None) -> str:
-    """A new run's directory name: ``<run name>-<YYYYmmdd-HHMMSS>-s<seed>``."""
-    return f"{run_name(cfg)}-{(now or datetime.now()):%Y%m%d-%H%M%S}-s{cfg['seed']}"

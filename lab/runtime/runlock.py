@@ -1,4 +1,4 @@
-"""One lock per run, and the checks that a resume continues the same run.
+"""One lock per run, and the comparison of two recorded configs.
 
 A run is locked by an advisory ``flock`` on ``<run dir>.lock`` beside it (``runs/NAME/.<run-id>.lock``), held by
 rank 0 from the moment the run directory is chosen until the run ends (``run_experiment``) or its process dies:
@@ -7,10 +7,9 @@ its holder. The same lock is a sweep's claim on one of its runs (lab/sweeps/swee
 or two of either, never train one run at once. The file records who holds it (PID, process start time, host,
 command) for the message of whoever is refused.
 
-``check_resume`` compares the command's resolved config with the run's ``config.yaml`` and refuses any
-difference that changes the result, except the keys named on purpose in ``resume_allow`` (recorded in the run's
-``resumes.json``); a finished run is resumed only to extend it (``resume_allow: [trainer.max_steps]`` and more
-steps), and its earlier ``metrics.json`` is kept beside the new one.
+``config_differences`` is what a resume and a sweep's records compare: every key of two recorded configs that
+changes a result (``RESUME_IGNORED`` aside). The checks that use it on a run's whole config are in
+lab/config/runs.py.
 """
 from __future__ import annotations
 
@@ -24,11 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from omegaconf import OmegaConf
-
 from lab.core.registry import ConfigError
-from lab.core.registry import save_config, to_dict, upgrade_renamed
-from lab.runtime.files import data_file_error, process_rank, read_data
+from lab.runtime.files import process_rank
 
 _HELD: dict[Path, int] = {}  # lock file -> open descriptor holding its flock, in this process
 
@@ -150,117 +146,3 @@ def config_differences(old: Mapping, new: Mapping, allow: tuple[str, ...] = ()) 
         if va != vb and not (isinstance(va, (int, float)) and isinstance(vb, (int, float)) and float(va) == float(vb)):
             out.append(f"{key}: {va!r} -> {vb!r}")
     return out
-
-
-def read_config(path: Path) -> dict:
-    """A run's recorded config.yaml, with the keys renamed since it was written under their new names. A file that
-    is not a plain YAML mapping (a ``!!python`` tag, truncated) is one ConfigError paragraph naming it."""
-    read_data(path, fix=CONFIG_FIX)  # the safe loader's verdict first: nothing of a tagged file is built
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # (OmegaConf's own number syntax)
-    except Exception as e:  # noqa: BLE001 - an interpolation that does not resolve, ...
-        raise data_file_error(path, e, CONFIG_FIX) from None
-    return upgrade_renamed(data, str(path), note=False)
-
-
-CONFIG_FIX = ("It is the run's record of its configuration: restore it (resumes.json keeps the previous one of a "
-              "resumed run), or move the run aside and start a new one.")
-
-
-def check_resume(cfg: Any, run_dir: Path) -> None:
-    """Refuse a resume of ``run_dir`` by a command whose config changes the result (see the module docstring).
-    Reads only (config.yaml, resumes.json, whether metrics.json exists): ``record_resume`` makes the changes once
-    every check of the resume has passed, so a refused resume leaves the run as it was."""
-    new = to_dict(cfg)
-    if str(new.get("name", "")).startswith("_tokenizers/"):
-        return  # a tokenizer cache entry: its directory name is the hash of everything that defines it
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise ConfigError(f"resume=true but {cfg_path} does not exist, so the resume cannot be checked against the "
-                          "run's configuration. Start a new run instead.")
-    old = read_config(cfg_path)
-    allow = tuple(str(k) for k in (new.get("resume_allow") or []))
-    diffs = config_differences(old, new, allow)
-    if diffs:
-        more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""
-        raise ConfigError(
-            f"resume=true of {run_dir} with a different configuration: {'; '.join(diffs[:8])}{more}. A resume "
-            "continues the same run: use the run's own config.yaml (drop these overrides), or start a new run. "
-            "To change a key on purpose (e.g. more steps for a run that stopped early), name it in "
-            "resume_allow (e.g. resume_allow=[trainer.max_steps]); the change is recorded in the run."
-        )
-    changed = config_differences(old, new)
-    finished = (run_dir / "metrics.json").is_file()
-    old_steps, new_steps = flatten(old).get("trainer.max_steps"), flatten(new).get("trainer.max_steps")
-    if finished and not ("trainer.max_steps" in allow and isinstance(old_steps, int)
-                     and isinstance(new_steps, int) and new_steps > old_steps):
-        raise ConfigError(
-            f"resume=true of {run_dir}, which has finished (its metrics.json exists; trainer.max_steps={old_steps}): "
-            "there is nothing to resume, and its results are kept. To train it further on purpose, give more steps "
-            f"and allow it: trainer.max_steps=N (> {old_steps}) resume_allow=[trainer.max_steps]."
-        )
-    if changed and (run_dir / "resumes.json").is_file():
-        read_data(run_dir / "resumes.json", expect=list)  # appended to by record_resume: readable before anything
-
-
-def record_resume(cfg: Any, run_dir: Path) -> None:
-    """After ``check_resume`` and the checkpoint's check: allowed changes are recorded in ``resumes.json`` and
-    ``config.yaml`` is brought up to date (the old one is kept in ``resumes.json``); a finished run's
-    ``metrics.json`` is kept as ``metrics.<steps>-steps.json``. Rank 0 only."""
-    new = to_dict(cfg)
-    if process_rank() > 0 or str(new.get("name", "")).startswith("_tokenizers/"):
-        return
-    cfg_path = run_dir / "config.yaml"
-    old = read_config(cfg_path)
-    changed = config_differences(old, new)
-    if not changed:
-        return
-    allow = tuple(str(k) for k in (new.get("resume_allow") or []))
-    finished = (run_dir / "metrics.json").is_file()
-    old_steps = flatten(old).get("trainer.max_steps")
-    if finished:  # kept, never overwritten by the extended run's
-        (run_dir / "metrics.json").rename(run_dir / f"metrics.{old_steps}-steps.json")
-    log_path = run_dir / "resumes.json"
-    log = read_data(log_path, expect=list) if log_path.is_file() else []
-    log.append({"time": datetime.now().isoformat(timespec="seconds"), "allowed": list(allow), "changed": changed,
-                "previous_config": old, "previous_metrics": f"metrics.{old_steps}-steps.json" if finished else None})
-    log_path.write_text(json.dumps(log, indent=2, default=str))
-
-    save_config(cfg, cfg_path)
-    print(f"resuming {run_dir} with allowed changes: {'; '.join(changed)} (recorded in {log_path})", flush=True)
-
-
-
-def check_not_stale(jobs: list) -> None:
-    """Every run of a sweep (``lab.sweeps.sweep.Job``) that exists must have been made with its point's config now: a
-    finished run of other settings (another ``trainer.max_steps``, learning rate ...) is never skipped as done or
-    tabled as this sweep's. ConfigError naming the runs and the differing keys."""
-    stale = []
-    for job in jobs:
-        path = job.run_dir / "config.yaml"
-        if not path.is_file():
-            continue
-        diffs = config_differences(read_config(path), _plain(job.cfg))
-        if diffs:
-            more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
-            stale.append(f"{job.run_dir} ({'; '.join(diffs[:4])}{more})")
-    if stale:
-        more = f"; and {len(stale) - 3} more runs" if len(stale) > 3 else ""
-        raise ConfigError(
-            f"{len(stale)} existing run(s) of this sweep were made with another configuration than its points have "
-            f"now: {'; '.join(stale[:3])}{more}. They would be reported as this sweep's results. Pass the overrides "
-            "they ran with, or give these settings their own runs_dir=... (or move the old runs aside)."
-        )
-
-
-def _plain(cfg: Any) -> dict:
-    """The job's config as its run would record it: ``auto`` settings resolved (lab/runtime/machine.py) on a copy."""
-    from lab.runtime.machine import resolve_settings  # noqa: PLC0415 - imports torch; `lab status` does not need it
-
-    plain = to_dict(cfg)
-    try:
-        r = resolve_settings(plain["trainer"], plain["loader"], plain.get("resolved"), str(plain["stage"]), verbose=False)
-    except Exception:  # noqa: BLE001 - compare what there is; the run itself reports a layout problem
-        return plain
-    return {**plain, "trainer": {**plain["trainer"], **r.trainer}, "loader": {**plain["loader"], **r.loader},
-            "resolved": r.record}

@@ -3,7 +3,7 @@
 Every run, tokenizer or generator, writes the SAME HParams experiment summary (``HPARAM_KEYS``,
 ``FINAL_METRICS``): TensorBoard shows the summary of whichever run it reads first, so with a shared one the
 tokenizer and generator runs of a logdir sit side by side in one table, blank only where a metric does not
-apply to a stage. The first columns identify the run: its name (lab/runtime/naming.py), tags, directory, data.
+apply to a stage. The first columns identify the run: its name, tags, directory, data (``RunInfo``, built by lab/config/runs.py).
 
 What TensorBoard shows first: it orders the card groups of its Time Series page by tag name and opens the first
 two, so the learning curves keep ``train/`` (the learning rate included) and ``val/`` (with the image grids of
@@ -18,13 +18,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping
 
 from lab.core.registry import ConfigError
-from lab.core.registry import suggest, to_dict
-from lab.core.settings import loss_tag
-from lab.runtime.naming import run_name, run_tags
+from lab.core.registry import suggest
 
 LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
 _NEEDS = {"wandb": "wandb", "mlflow": "mlflow"}  # logger -> the package it needs (not a bitlab dependency)
@@ -57,6 +56,21 @@ FINAL = "z_final"
 PER_SCALE_FINAL = "val_scale_final"
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """What the loggers record of a run, handed to them by the stage (``lab.config.runs.run_info`` builds it
+    from the run's config): who the run is and the values of ``CONFIG_KEYS`` for the HParams columns."""
+    experiment: str                      # the config's name: quickstart, tokenizer/bsq, ablations/order ...
+    name: str                            # the run's name (run_name, or the experiment's own)
+    seed: int
+    stage: str                           # tokenizer | generator
+    tags: tuple[str, ...] = ()
+    loggers: tuple[str, ...] = ("tensorboard",)
+    loss_kind: str | None = None         # a generator's validation loss: bits_bce | index_ce (by its head)
+    settings: Mapping[str, Any] = field(default_factory=dict)  # CONFIG_KEYS -> this run's value (None: not set)
+    cached_tokenizer: str | None = None  # a generator's cached tokenizer stage: "data=... quantizer=..."
+
+
 def check_loggers(names: Any) -> None:
     """ConfigError for an unknown logger or one whose package is not installed (before any run directory)."""
     names = [names] if isinstance(names, str) else list(names or [])
@@ -68,13 +82,12 @@ def check_loggers(names: Any) -> None:
                               f"`pip install {_NEEDS[n]}` (it runs offline, into the run directory), or drop it from logger={names}.")
 
 
-def build_loggers(cfg: Any, run_dir: Path) -> list:
-    """Lightning's loggers named by ``cfg.logger`` (default [tensorboard]), all writing under the run directory;
-    W&B and MLflow offline. TensorBoard, when present, comes first (the image grids go there)."""
+def build_loggers(info: RunInfo, run_dir: Path) -> list:
+    """Lightning's loggers named by the run's ``logger:`` (default [tensorboard]), all writing under the run
+    directory; W&B and MLflow offline. TensorBoard, when present, comes first (the image grids go there)."""
     from pytorch_lightning import loggers as pl_loggers
 
-    names = cfg.get("logger", ["tensorboard"]) if hasattr(cfg, "get") else ["tensorboard"]
-    names = [names] if isinstance(names, str) else list(names or [])
+    names = list(info.loggers)
     check_loggers(names)
     names = sorted(dict.fromkeys(names), key=lambda n: n != "tensorboard")
     out = []
@@ -84,9 +97,9 @@ def build_loggers(cfg: Any, run_dir: Path) -> list:
         elif n == "csv":
             out.append(pl_loggers.CSVLogger(save_dir=str(run_dir), name="", version="csv"))
         elif n == "wandb":
-            out.append(pl_loggers.WandbLogger(save_dir=str(run_dir), offline=True, project="bitlab", name=run_label(cfg, run_dir)))
+            out.append(pl_loggers.WandbLogger(save_dir=str(run_dir), offline=True, project="bitlab", name=run_label(info, run_dir)))
         elif n == "mlflow":
-            out.append(pl_loggers.MLFlowLogger(experiment_name="bitlab", run_name=run_label(cfg, run_dir),
+            out.append(pl_loggers.MLFlowLogger(experiment_name="bitlab", run_name=run_label(info, run_dir),
                                                tracking_uri=f"file:{run_dir / 'mlruns'}"))
     return out
 
@@ -117,9 +130,8 @@ def swept_values(run_dir: Path) -> dict:
     return next((dict(r.get("values") or {}) for r in runs if r.get("run_dir") == rel), {})
 
 
-def experiment_of(cfg: Any, run_dir: Path) -> str:
-    """The experiment a run belongs to: the suite for a sweep's run, else the config's name."""
-    name = str(cfg["name"])
+def experiment_of(name: str, run_dir: Path) -> str:
+    """The experiment a run belongs to: the suite for a sweep's run, else the config's ``name``."""
     manifest = Path(run_dir).parent.parent / "sweep.json"
     if manifest.is_file():
         try:
@@ -129,36 +141,26 @@ def experiment_of(cfg: Any, run_dir: Path) -> str:
     return name
 
 
-def run_label(cfg: Any, run_dir: Path) -> str:
+def run_label(info: RunInfo, run_dir: Path) -> str:
     """Readable and unique. A sweep's run: the suite, the swept values, the seed (``ablations/order
     generator.order=raster s1``); any other run: its directory's name, which starts with the run's name
     (``quickstart-imagefolder-20250101-120000-s0``; a ``run_id`` of one's own comes after the name)."""
-    cfg = cfg if isinstance(cfg, dict) else to_dict(cfg)
     swept = " ".join(f"{k}={v}" for k, v in swept_values(run_dir).items())
-    if str(cfg["name"]).startswith("_tokenizers/"):  # a generator's cached tokenizer stage: say what it is
-        swept = f"data={_get(cfg, 'data.name')} quantizer={_get(cfg, 'quantizer.name')}"
+    if info.cached_tokenizer:  # a generator's cached tokenizer stage: say what it is
+        swept = info.cached_tokenizer
     elif not swept:
-        name, own = run_name(cfg), Path(run_dir).name
-        return own if own.startswith(name) else f"{name} {own}"
-    return " ".join(p for p in (experiment_of(cfg, run_dir), swept, f"s{cfg['seed']}") if p)
+        own = Path(run_dir).name
+        return own if own.startswith(info.name) else f"{info.name} {own}"
+    return " ".join(p for p in (experiment_of(info.experiment, run_dir), swept, f"s{info.seed}") if p)
 
 
-def _get(d: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
-
-
-def run_hparams(cfg: Any, run_dir: Path, metrics: dict | None = None) -> dict:
+def run_hparams(info: RunInfo, run_dir: Path, metrics: dict | None = None) -> dict:
     """The shared hparam keys with this run's values (NaN or "" where the key does not apply); the settings a run
     used come from its ``metrics``."""
-    c = to_dict(cfg) if not isinstance(cfg, dict) else cfg
-    out = {"Experiment": experiment_of(c, run_dir), "Run": run_label(c, run_dir), "Name": run_name(c),
-           "Tags": ",".join(run_tags(c)), "Seed": c.get("seed"),
-           "Swept": " ".join(f"{k}={v}" for k, v in swept_values(run_dir).items()), "Stage": c.get("stage")}
-    out.update({k: _get(c, k) for k in CONFIG_KEYS})
+    out = {"Experiment": experiment_of(info.experiment, run_dir), "Run": run_label(info, run_dir), "Name": info.name,
+           "Tags": ",".join(info.tags), "Seed": info.seed,
+           "Swept": " ".join(f"{k}={v}" for k, v in swept_values(run_dir).items()), "Stage": info.stage}
+    out.update({k: info.settings.get(k) for k in CONFIG_KEYS})
     out.update({k: (metrics or {}).get(k) for k in SETTING_KEYS})
     for k, v in out.items():
         if k in NUMERIC:
@@ -170,14 +172,13 @@ def run_hparams(cfg: Any, run_dir: Path, metrics: dict | None = None) -> dict:
 
 
 
-def final_scalars(cfg: Any, metrics: dict) -> dict:
+def final_scalars(info: RunInfo, metrics: dict) -> dict:
     """metrics.json -> ``z_final/<key>`` scalars of the headline metrics (``FINAL_METRICS``; the generator's val_loss
     under its head's name). Settings and the other records go to the text summary (``summary_text``)."""
     final = {f"{FINAL}/{k}": float(v) for k, v in metrics.items()
              if k in FINAL_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if "val_loss" in metrics and cfg["stage"] == "generator":
-        kind = loss_tag(cfg["head"]["name"])
-        final[f"{FINAL}/val_{kind}"] = float(metrics["val_loss"])
+    if "val_loss" in metrics and info.loss_kind:
+        final[f"{FINAL}/val_{info.loss_kind}"] = float(metrics["val_loss"])
     return final
 
 
@@ -224,7 +225,7 @@ def write_hparams(tb_logger: Any, hparams: dict) -> None:
         writer.add_summary(s)
 
 
-def log_final(trainer: Any, cfg: Any, metrics: dict, run_dir: Path | None = None,
+def log_final(trainer: Any, info: RunInfo, metrics: dict, run_dir: Path | None = None,
               images: dict | None = None) -> None:
     """Final metrics as scalars to every logger, the run's row of the shared HParams view, and in TensorBoard the
     per-scale curves, the settings as text and ``images`` ({name: (3, H, W) in [0, 1]}, e.g. a reconstruction
@@ -235,7 +236,7 @@ def log_final(trainer: Any, cfg: Any, metrics: dict, run_dir: Path | None = None
     if not loggers:
         return
     run_dir = Path(run_dir) if run_dir is not None else Path(trainer.default_root_dir)
-    hp, final = run_hparams(cfg, run_dir, metrics), final_scalars(cfg, metrics)
+    hp, final = run_hparams(info, run_dir, metrics), final_scalars(info, metrics)
     per = metrics.get("per_scale") or {}
     curves = {key: list(zip(per["scale"], values)) for key, values in per.items() if key != "scale"}
     step = int(trainer.global_step)

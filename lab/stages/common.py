@@ -24,10 +24,10 @@ from lab.quantizers.base import local_statistics
 from lab.runtime import quiet
 from lab.runtime.files import atomic_write, process_rank, runs_root
 from lab.runtime.machine import resolve_precision, resolve_settings
-from lab.runtime.naming import new_run_id, run_name, run_tags
-from lab.runtime.runlock import check_resume, lock_run, read_config, record_resume
+from lab.runtime.runlock import lock_run
 from lab.runtime.safety import load_checkpoint
 from lab.runtime.signals import TRAINED
+from lab.config.runs import check_resume, new_run_id, read_config, record_resume, run_info, run_name, run_tags
 from lab.runtime.tracking import build_loggers
 from lab.runtime.tracking import log_final as log_to_loggers
 from lab.runtime.trainer import AtomicCheckpointIO, StepTimer, share_cpu_threads, warn_if_cpu_busy
@@ -72,7 +72,7 @@ def make_run_dir(cfg: Any) -> tuple[Path, bool]:
 
 def resume_dir(cfg: Any) -> Path:
     """The run ``resume=true`` continues (``run_id``, else the latest with a checkpoint); reads only."""
-    base = runs_root(cfg) / cfg["name"]
+    base = runs_root(cfg["runs_dir"]) / cfg["name"]
     if cfg["run_id"]:
         run_dir = base / str(cfg["run_id"])
     else:
@@ -89,7 +89,7 @@ def resume_dir(cfg: Any) -> Path:
 
 
 def _make_run_dir(cfg: Any) -> tuple[Path, bool]:
-    base = runs_root(cfg) / cfg["name"]
+    base = runs_root(cfg["runs_dir"]) / cfg["name"]
     if cfg["resume"]:
         run_dir = resume_dir(cfg)
         lock_run(run_dir)  # held until the run ends: a second resume of it (or a sweep) is refused meanwhile
@@ -175,7 +175,7 @@ def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) 
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last-step", save_last=True,
                            every_n_train_steps=cfg["checkpoint_every_n_steps"], save_top_k=0,
                            enable_version_counter=False)  # always last.ckpt, never a stray last-v1.ckpt on resume
-    loggers = build_loggers(cfg, run_dir)  # `logger:` in the config: tensorboard (default), csv, wandb, mlflow
+    loggers = build_loggers(run_info(cfg), run_dir)  # `logger:` in the config: tensorboard (default), csv, wandb, mlflow
     lr = [LearningRateMonitor(logging_interval="step")] if loggers else []
     return pl.Trainer(
         **trainer_kw,
@@ -254,4 +254,4 @@ def flat_hparams(cfg: Any, prefix: str = "") -> dict:
 def log_final(trainer: pl.Trainer, cfg: Any, metrics: dict, images: dict | None = None) -> None:
     """Final metrics as scalars and in TensorBoard's HParams view, one view for every stage, and the end-of-run
     image grids (lab/runtime/tracking.py)."""
-    log_to_loggers(trainer, cfg, metrics, images=images)
+    log_to_loggers(trainer, run_info(cfg), metrics, images=images)

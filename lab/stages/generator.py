@@ -3,7 +3,8 @@
 A generator experiment names its tokenizer with ``tokenizer_from`` (a checkpoint file or a tokenizer run
 directory). When it is null the experiment's own tokenizer stage is trained first, once, and cached under
 ``runs/_tokenizers/<hash>/`` keyed by everything that defines it (data, quantizer, tokenizer, loss and
-``tokenizer_train``), so every generator that needs the same tokenizer reuses it.
+``tokenizer_train``), so every generator that needs the same tokenizer reuses it. The final evaluation is
+lab/stages/generator_eval.py.
 """
 from __future__ import annotations
 
@@ -19,12 +20,10 @@ import torch
 import torchvision
 from omegaconf import DictConfig, OmegaConf
 
-from lab.config import sections
-from lab.core.registry import ConfigError, build, save_config, suggest, to_dict, upgrade_renamed
-from lab.generation.correction import CORRECTIONS, NoCorrection, check_compatible
-from lab.generation.sampling import SampleOptions, make_cond, sample_images
-from lab.metrics import fid_protocol as P
-from lab.metrics.evaluate import format_per_scale, label_noise_sensitivity
+from lab.config.runs import checkpoint_config
+from lab.core.registry import ConfigError, build, save_config, suggest, to_dict
+from lab.evaluation.tokenizer import format_per_scale
+from lab.generation.correction import CORRECTIONS, check_compatible
 from lab.metrics.fid_protocol import check_eval_size
 from lab.metrics.measures import count_params, peak_memory_mb, reset_peak_memory
 from lab.models.heads import build_head
@@ -43,6 +42,7 @@ from lab.stages.common import (begin_resume, build_datamodule, build_trainer, ev
                                make_run_dir, resolve_run_settings, seed_all, step_flops, summary, write_metrics)
 from lab.stages.tokenizer import run_tokenizer
 from lab.stages.build import build_tokenizer, generator_module, tokenizer_module
+from lab.stages.generator_eval import evaluate_generator
 from lab.train.generator import GeneratorModule
 
 TOKENIZER_KEYS = ("data", "quantizer", "tokenizer", "loss", "tokenizer_train")
@@ -97,8 +97,7 @@ def load_tokenizer(path: str | Path):
     ckpt = checkpoint_in(Path(path))
     try:
         data = load_checkpoint(ckpt)  # weights_only: a crafted file is refused before any of it runs
-        # a 0.1 checkpoint's names are upgraded here, where a checkpoint comes in (sample.cfg -> sample.guidance)
-        module = tokenizer_module(upgrade_renamed(data["hyper_parameters"]["cfg"], note=False))
+        module = tokenizer_module(checkpoint_config(data, ckpt, "tokenizer"))
         module.on_load_checkpoint(data)
         module.load_state_dict(data["state_dict"], strict=True)
     except RuntimeError as e:
@@ -114,11 +113,8 @@ def load_generator(run_dir: Path):
     """(GeneratorModule in eval mode, its config) from a generator run directory or checkpoint."""
     ckpt_path = checkpoint_in(Path(run_dir), "", SAMPLE_FIX)
     ckpt = load_checkpoint(ckpt_path)  # weights_only: a crafted file is refused before any of it runs
-    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if not isinstance(hp, dict) or not isinstance(hp.get("cfg"), dict) or hp["cfg"].get("stage") != "generator":
-        raise ConfigError(f"{ckpt_path} is not a bitlab generator checkpoint.")
-    cfg = upgrade_renamed(hp["cfg"], note=False)  # (0.1 checkpoints: sample.cfg)
-    module = generator_module(cfg, build_tokenizer(cfg), num_classes=hp["num_classes"])
+    cfg = checkpoint_config(ckpt, ckpt_path, "generator")
+    module = generator_module(cfg, build_tokenizer(cfg), num_classes=ckpt["hyper_parameters"]["num_classes"])
     try:
         module.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:
@@ -148,7 +144,7 @@ def resolve_tokenizer(cfg: DictConfig):
             )
         return module, (path if path.is_dir() else path.parent.parent)
     tcfg = tokenizer_config(cfg)
-    tdir = runs_root(tcfg) / tcfg["name"] / "run"
+    tdir = runs_root(tcfg["runs_dir"]) / tcfg["name"] / "run"
     if (tdir / "metrics.json").is_file():
         print(f"reusing tokenizer {tdir}")
         return load_tokenizer(tdir), tdir
@@ -188,7 +184,7 @@ def cache_features(module: GeneratorModule, dm, tdir: Path, cfg: DictConfig) -> 
     and saved every ``SAVE_EVERY_S`` seconds so that an interrupted run keeps what was encoded."""
     key = _hash({"data": to_dict(cfg["data"]), "size": cfg["loader"]["image_size"]})
     tok = module.tokenizer.eval()
-    path = runs_root(cfg) / "_features" / f"{weights_hash(tok)}-{key}.pt"
+    path = runs_root(cfg["runs_dir"]) / "_features" / f"{weights_hash(tok)}-{key}.pt"
     legacy = tdir / "features" / f"{key}.pt"  # where runs before this cache kept them
     if path.is_file() or legacy.is_file():
         feats = torch.load(path if path.is_file() else legacy, map_location="cpu", weights_only=True)
@@ -236,132 +232,12 @@ def _encode_splits(tok, dm, cfg: DictConfig, path: Path) -> dict:
 
 
 def cache_text(dm, cfg: DictConfig, key: str) -> dict:
-    path = runs_root(cfg) / "_text" / f"{key}.pt"
+    path = runs_root(cfg["runs_dir"]) / "_text" / f"{key}.pt"
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
     out = {split: encode_text(dm.captions(split)) for split in ("train", "validation")}
     atomic_torch_save(out, path)
     return out
-
-
-def sample_opts(config: Any, **kw) -> SampleOptions:
-    """The run's ``sample:`` options, with keyword overrides (``guidance=3.0``, ``seed=1``, ...)."""
-    return SampleOptions.of(sections(config).sample, **kw)
-
-
-@torch.no_grad()
-def free_running_accuracy(module: GeneratorModule, batch: dict) -> list[float]:
-    """Per scale: greedy predictions made on the model's *own* earlier scales, scored against the codes that
-    re-quantizing the real image's residual ``f - f_hat_own`` gives (what a perfect corrector would emit)."""
-    model, head, msq = module.model, module.head, module.tokenizer.msq
-    f = module.batch_features(batch, "validation")
-    B = f.shape[0]
-    cond = make_cond(model, labels=batch["label"].to(module.device), text=module.batch_text(batch, "validation"), batch_size=B, guided=False)
-    cache, f_hat, start, acc = model.new_cache(), torch.zeros_like(f), 0, []
-    if model.order != "scale":
-        return []
-    for k, s in enumerate(msq.scales):
-        x = None if k == 0 else msq.down(f_hat, s).flatten(2).transpose(1, 2)
-        h = model.step(x, cond, cache, start, s * s)
-        logits = head(h)
-        start += s * s
-        target, _ = msq.quantize_scale(f, f_hat, k)
-        target = target.flatten(1, 2)
-        acc.append(float(head.bit_agreement(logits, target).mean()))
-        pred = head.sample(h, guide=None, temperature=0, top_k=0, top_p=1.0, generator=None)
-        f_hat = f_hat + msq.contribution(msq.scale_latent(pred.reshape(B, s, s, *pred.shape[2:])), k)
-    return acc
-
-
-@torch.no_grad()
-def evaluate_generator(module: GeneratorModule, dm, cfg: Any) -> dict:
-    t_eval = time.time()
-    module.eval()
-    K = len(module.tokenizer.scales)
-    ev = cfg["eval"]
-    tot = {"loss": 0.0, "tok": 0.0, "bit": 0.0}
-    ps_loss, ps_tf, ps_fr = [0.0] * K, [0.0] * K, [0.0] * K
-    n = 0
-    for i, batch in enumerate(dm.ordered_loader("validation")):
-        if i >= ev["batches"]:
-            break
-        batch = {k: (v.to(module.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        tok_loss, logits, labels = module.losses(batch, "validation", NoCorrection(), None)
-        tot["loss"] += float(tok_loss.mean())
-        tot["tok"] += float(module.head.correct(logits, labels).mean())
-        bits = module.head.bit_agreement(logits, labels)
-        tot["bit"] += float(bits.mean())
-        for k, (l, a) in enumerate(zip(module.per_scale(tok_loss), module.per_scale(bits))):
-            ps_loss[k] += float(l)
-            ps_tf[k] += float(a)
-        for k, a in enumerate(free_running_accuracy(module, batch)):
-            ps_fr[k] += a
-        n += 1
-    m: dict[str, Any] = {"val_loss": tot["loss"] / n, "token_accuracy": tot["tok"] / n, "bit_accuracy": tot["bit"] / n}
-    per = {"scale": module.tokenizer.scales, "val_loss": [v / n for v in ps_loss], "accuracy_teacher_forced": [v / n for v in ps_tf]}
-    if module.model.order == "scale":
-        per["accuracy_free_running"] = [v / n for v in ps_fr]
-        per["accuracy_gap"] = [a - b for a, b in zip(per["accuracy_teacher_forced"], per["accuracy_free_running"])]
-    m["per_scale"] = per
-    if ev["label_noise"]:
-        f = module.features.get("validation")
-        if f is None:
-            f = torch.cat([module.tokenizer.encode(b["image"].to(module.device)) for b in dm.ordered_loader("validation")])
-        m["label_noise"] = label_noise_sensitivity(module.tokenizer.msq, f[:512].to(module.device), ev["label_noise"])
-    if ev["fid_samples"] > 0:
-        m.update(gfid(module, dm, cfg, ev["fid_samples"]))
-        m["sample_images_per_s"] = m["fid_samples"] / max(m["sampling_time_s"], 1e-9)
-    m["eval_time_s"] = time.time() - t_eval
-    return m
-
-
-@torch.no_grad()
-def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> dict:
-    """gFID and KID of ``n`` generated images, conditioned on the first ``n`` validation images' labels/captions,
-    against the Inception features of the training split (``eval.fid_reference_limit``: a seeded subset), with
-    the floor (those ``n`` real validation images) and the ceiling (``n`` images decoded from random codes) of
-    ``lab.metrics.fid_protocol``. -> metrics.json entries, ``fid_samples`` and ``sampling_time_s`` (sampling and decoding
-    only) included."""
-    opts = P.options(cfg["eval"])
-    kid_kw = {"kid_subsets": opts["kid_subsets"], "kid_subset_size": opts["kid_subset_size"]}
-    device = module.device
-    phase(f"evaluating: gFID / KID of {n:,} generated images against the training split's reference"
-          + (f" ({opts['fid_reference_limit']:,} images)" if opts["fid_reference_limit"] else ""))
-    ref, ref_info = P.reference(dm.splits["train"].images, split="train", data=str(cfg["data"]["name"]),
-                                limit=opts["fid_reference_limit"], device=device)
-    extractor = P.InceptionFeatures().to(device)
-    feats, seen, gen_time, inc_time = [], 0, 0.0, 0.0
-    progress = Progress("evaluating: generating images and their Inception features for gFID / KID", n)
-    for i, batch in enumerate(dm.ordered_loader("validation")):
-        if seen >= n:
-            break
-        take = min(batch["image"].shape[0], n - seen)
-        b = {k: (v[:take].to(device) if torch.is_tensor(v) else v[:take]) for k, v in batch.items()}
-        cond = {}
-        if module.model.cond_kind == "class":
-            cond["labels"] = b["label"]
-        elif module.model.cond_kind == "text":
-            cond["text"] = module.batch_text(b, "validation")
-        t0 = time.perf_counter()
-        imgs = sample_images(module.model, module.head, module.tokenizer, batch_size=take, opts=sample_opts(cfg, seed=i), **cond)
-        t1 = time.perf_counter()
-        feats.append(extractor(imgs).cpu())  # one batch of generated images through Inception at a time
-        gen_time, inc_time = gen_time + t1 - t0, inc_time + time.perf_counter() - t1
-        seen += take
-        progress.update(take)
-    progress.close()
-    phase(f"evaluating: the floor ({seen:,} real validation images) and the ceiling ({seen:,} random-code images), "
-          "each cached once per data set and tokenizer")
-    fake = P.FeatureSet(torch.cat(feats), "generated")
-    floor = P.cached_score(P.prefix_features(dm.splits["validation"].images, seen, device=device,
-                                             what=f"the floor: {seen} validation images"), ref, **kid_kw)
-    rand = P.random_code_images(module.tokenizer, seen, device=device)
-    ceiling = P.cached_score(P.features_of(rand, device=device, what=f"the ceiling: {seen} random-code images"),
-                             ref, **kid_kw)
-    m = P.protocol_metrics("gfid", "kid", P.score(fake, ref, **kid_kw), ref_info, floor=floor, ceiling=ceiling,
-                           kid_subsets=opts["kid_subsets"])
-    m.update(fid_samples=seen, sampling_time_s=gen_time, inception_time_s=inc_time)
-    return m
 
 
 def preflight(cfg: DictConfig) -> None:
@@ -387,7 +263,8 @@ def preflight(cfg: DictConfig) -> None:
 
 
 def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
-    preflight(cfg)
+    """One generator run; ``run_experiment`` has made every check first (lab/stages/preflight.py: ``preflight``
+    below among them)."""
     resolve_run_settings(cfg)  # the generator stage's precision / layout (its tokenizer stage resolves its own)
     seed_all(cfg)
     phase(f"building data: {cfg['data']['name']}")

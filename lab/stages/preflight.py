@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from lab.core.registry import ConfigError, to_dict
-from lab.data.datasets import DataError, cache_folder, split_sizes
+from lab.data.datasets import cache_folder, split_sizes
+from lab.data.sources import DataError
 from lab.metrics.fid_protocol import check_eval_size
-from lab.runtime.runlock import check_resume
+from lab.config.runs import check_resume
 from lab.runtime.safety import load_checkpoint
 from lab.stages.common import resolve_run_settings, resume_dir
 

@@ -1,4 +1,4 @@
-"""The tokenizer stage end to end: train the tokenizer, evaluate it (lab/metrics/evaluate.py), write its metrics
+"""The tokenizer stage end to end: train the tokenizer, evaluate it (lab/evaluation/tokenizer.py), write its metrics
 and image grids. The skeleton it shares with the generator stage is lab/stages/common.py."""
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import torch
 import torchvision
 from omegaconf import DictConfig
 
+from lab.config import sections
 from lab.core.registry import save_config
 from lab.data.datasets import ImageDataModule
-from lab.metrics.evaluate import evaluate_tokenizer, format_per_scale
+from lab.evaluation.tokenizer import evaluate_tokenizer, format_per_scale
 from lab.metrics.fid_protocol import check_eval_size
 from lab.metrics.measures import count_params, peak_memory_mb, reset_peak_memory
 from lab.runtime.files import process_rank
@@ -53,12 +54,12 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     metrics: dict[str, Any] = {}
     module.adopt_ema()  # from here on, module.tokenizer is the evaluated (averaged) one
     if trainer.is_global_zero:
-        ev = cfg["eval"]
+        ev = sections(cfg).eval
         module.to(eval_device(cfg))
-        phase(f"evaluating the tokenizer: PSNR / SSIM / LPIPS over {ev['batches']} validation batches"
-              + (f", rFID / rKID over {ev['fid_samples']:,} images" if ev["fid_samples"] else ""))
+        phase(f"evaluating the tokenizer: PSNR / SSIM / LPIPS over {ev.batches} validation batches"
+              + (f", rFID / rKID over {ev.fid_samples:,} images" if ev.fid_samples else ""))
         metrics = evaluate_tokenizer(
-            module.tokenizer, dm.val_dataloader(), batches=ev["batches"], fid_samples=ev["fid_samples"],
+            module.tokenizer, dm.val_dataloader(), batches=ev.batches, fid_samples=ev.fid_samples,
             lpips=module.metric_lpips, device=module.device, protocol=ev,
         )
         metrics.update(

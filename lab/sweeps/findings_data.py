@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from lab.runtime.files import read_data
 from lab.sweeps.findings_table import MIN_SEEDS, PROTOCOL_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root (as lab/runtime/files.py; not imported: start-up stays light)
@@ -112,7 +113,6 @@ def loss_kind_of(rows: Sequence[Mapping[str, str]], suite: str) -> dict[str, lis
 
 
 def yaml_head(path: Path) -> str | None:
-    from lab.runtime.files import read_data  # noqa: PLC0415 - a file reader, needed only for this lookup
 
     if not path.is_file():
         return None

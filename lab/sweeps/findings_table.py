@@ -1,7 +1,8 @@
 """The nine findings of issue 17, declared: what the paper claims (its numbers from the papers' tables, as in
 ``/work/shared/REFERENCE.md``), which suite's results decide it, and the contrasts that decide it, each with the
-sign the paper's effect has. ``lab/sweeps/findings.py`` computes the verdicts; adding a finding is a ``Finding(...)``
-here. Plain data: importing this module imports nothing else of the project.
+sign the paper's effect has. ``lab/sweeps/findings_decide.py`` computes the verdicts (``lab/sweeps/findings.py``
+writes them); adding a finding is a ``Finding(...)`` here. Plain data: importing this module imports nothing else of
+the project.
 
 A contrast's ``paper_sign`` is the sign of its *raw* effect in the paper's direction: for ``paired``
 ``case - baseline`` (so a lower gFID for the case is -1, a higher PSNR +1; with ``other`` set, the baseline's
@@ -154,7 +155,7 @@ FINDINGS: tuple[Finding, ...] = (
         "its BSQ tokenizer of the same vocabulary: the fraction of tokens whose VQ label (the nearest code) changes "
         "against the fraction of BSQ bits that flip, i.e. the share of the label a softmax head and a bitwise head "
         "each see change; beside it, how often the BSQ label changes at all and how many bits it moves when it "
-        "does (`label_noise.*` in lab/metrics/evaluate.py). It can show whether, under the same relative noise, "
+        "does (`label_noise.*` in lab/evaluation/label_noise.py). It can show whether, under the same relative noise, "
         "a VQ label is lost more often than a BSQ bit. It cannot show why, nor that it matters: the two "
         "tokenizers are trained separately (different latents, code geometry and usage), each once and shared by "
         "every seed, so the seeds repeat the measurement rather than replicate it and the interval says nothing "

@@ -32,7 +32,8 @@ from lab.data.datasets import ImageDataModule
 from lab.generation.sampling import sample_images
 from lab.models.text import encode_text
 from lab.runtime.machine import cpu_model
-from lab.stages.generator import load_generator, sample_opts
+from lab.stages.generator import load_generator
+from lab.stages.generator_eval import sample_opts
 
 COLUMNS = ["set", "n", "resamples", "pool", "fid_mean", "fid_sd", "kid_mean", "kid_sd", "kid_subset_sd", "seconds"]
 IMAGES_PER_S = 6.5  # Inception on 2 Zen 4 cores (fp32 TorchScript): the estimate printed before any work

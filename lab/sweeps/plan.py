@@ -130,7 +130,7 @@ class Job:
 
     @property
     def run_dir(self) -> Path:
-        return runs_root(self.cfg) / self.cfg["name"] / str(self.cfg["run_id"])
+        return runs_root(self.cfg["runs_dir"]) / self.cfg["name"] / str(self.cfg["run_id"])
 
 
 def plan(name: str, overrides: Sequence[str] = (), validate: bool = True) -> tuple[DictConfig, list[Job]]:

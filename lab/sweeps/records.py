@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from lab.core.registry import ConfigError
+from lab.core.registry import ConfigError, to_dict
 from lab.runtime.files import ROOT, read_data
 from lab.runtime.published import TOKENIZER_FILE, sha256_of
 from lab.runtime.runlock import config_differences
@@ -149,7 +149,6 @@ def check_records(jobs: list, results: Path | None) -> dict:
 
 
 def _plain_cfg(cfg: Any) -> dict:
-    from lab.core.registry import to_dict
 
     return to_dict(cfg) if not isinstance(cfg, dict) else cfg
 

@@ -1,12 +1,13 @@
 """The results of a sweep: ``results.csv`` (one row per run), ``results.md`` / ``report.md`` (mean +- std over
 seeds, the computed verdicts against the baseline, the floor and ceiling, the command, the wall time, the machine)
-and the plots. ``python -m lab report NAME`` rebuilds them."""
+and the plots. ``python -m lab report NAME`` rebuilds them. The report's sections are lab/sweeps/report_sections.py."""
 from __future__ import annotations
 
 import csv
 import os
 import platform
 import sys
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -14,20 +15,19 @@ from typing import Any, Mapping, Sequence
 from omegaconf import DictConfig
 
 from lab.core.registry import ConfigError, to_dict
-from lab.core.numfmt import decimals_for, fmt_mean_sd
 from lab.sweeps.plan import DEFAULT_METRICS, FAILED, FIXED_COLUMNS, Job, plan
 from lab.config import header_comment
 from lab.core.numfmt import as_number, fmt_duration
-from lab.core.stats import HIGHER, LOWER, NEUTRAL, bootstrap_correlation, direction, mean_std
 from lab.runtime.files import process_rank, read_data, runs_root
-from lab.runtime.runlock import check_not_stale
-from lab.sweeps.findings import LOSS_KINDS
+from lab.config.runs import check_not_stale
 from lab.runtime.files import ROOT
 from lab.sweeps.plots import make_plots
-from lab.sweeps.records import (RecordError, check_records, hardware, hardware_kind, publish_jobs, read_metrics,
+from lab.sweeps.records import (RecordError, check_records, hardware, publish_jobs, read_metrics,
                                 results_dir)
-from lab.sweeps.verdicts import DEFAULT_VERDICT_METRICS, comparisons, markdown, parse_baseline
-
+from lab.sweeps.report_sections import (correlations_section, floor_ceiling_table, hardware_section, markdown_table,
+                                        samples_section, verdicts_section)
+from lab.sweeps.timing import time_text, times_by_machine
+from lab.sweeps.verdicts import parse_baseline
 
 def flatten_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """metrics.json -> flat scalars: per_scale lists become ``per_scale.<key>.<scale>``; nested dicts join keys."""
@@ -52,7 +52,7 @@ def collect(suite: DictConfig, jobs: Sequence[Job], results: Path | None = None)
     under ``results`` (``source`` says which, ``hardware`` what it ran on). A metrics.json that cannot be read is
     a row of status ``malformed`` naming the file, never counted as finished."""
     rows = []
-    sweep_dir = runs_root(suite) / suite["name"]
+    sweep_dir = runs_root(suite["runs_dir"]) / suite["name"]
     recorded = check_records(list(jobs), results)  # only records of these settings (another preset's: not rows)
     for i, job in enumerate(jobs):
         row: dict[str, Any] = {"suite": suite["name"], "point": job.point.label, "seed": job.seed,
@@ -92,36 +92,6 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def hardware_section(rows: Sequence[Mapping], axes: Sequence[str], baseline: Mapping | None) -> str:
-    """Where every run came from (local or published) and what it ran on; a contrast whose runs ran on different
-    hardware or precision is flagged, since seed pairs across machines are not the same experiment repeated."""
-    done = [r for r in rows if r.get("status") == "done"]
-    if not done:
-        return ""
-    kinds: dict[str, int] = {}
-    for r in done:
-        kinds[str(r.get("hardware"))] = kinds.get(str(r.get("hardware")), 0) + 1
-    src = {s: sum(r.get("source") == s for r in done) for s in ("local", "published")}
-    lines = ["## Where the runs ran", "",
-             f"{src['local']} run(s) from this machine's runs/, {src['published']} from published records "
-             "(`results.csv` has each run's `source` and `hardware`):", ""]
-    lines += [f"- {k}: {n} run(s)" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])]
-    if len(kinds) > 1 and baseline:
-        base = [r for r in done if all(str(r.get(a, "")) == str(v) for a, v in baseline.items())]
-        flagged = []
-        for point, group in group_rows(done).items():
-            if group and group[0] in base:
-                continue
-            mixed = {hardware_kind(r) for r in list(group) + base}
-            if len(mixed) > 1:
-                flagged.append(point)
-        if flagged:
-            lines += ["", f"**Mixed hardware**: the contrasts of {', '.join(flagged)} against the baseline pair runs "
-                      "made on different hardware or precision; read their verdicts with that in mind, or rerun "
-                      "them on one kind of machine."]
-    return "\n".join(lines) + "\n"
-
-
 def columns_of(rows: Sequence[Mapping], first: Sequence[str]) -> list[str]:
     cols = list(first)
     for r in rows:
@@ -141,122 +111,6 @@ def write_csv(rows: Sequence[Mapping], path: Path, first: Sequence[str]) -> list
     return cols
 
 
-def group_rows(rows: Sequence[Mapping]) -> dict[str, list[Mapping]]:
-    groups: dict[str, list[Mapping]] = {}
-    for r in rows:
-        groups.setdefault(r["point"], []).append(r)
-    return groups
-
-
-def markdown_table(rows: Sequence[Mapping], axes: Sequence[str], metrics: Sequence[str]) -> str:
-    """Mean ± sd over seeds per grid point; one number of decimals per column (``lab/core/numfmt.py``)."""
-    done = [r for r in rows if r.get("status") == "done"]
-    metrics = [m for m in metrics if any(as_number(r.get(m)) is not None for r in done)]
-    head = list(axes) + ["seeds"] + (list(metrics) or ["status"])  # status: where no run has finished
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    groups = group_rows(rows)
-    stats = {(label, m): mean_std(r.get(m) for r in g if r.get("status") == "done") for label, g in groups.items() for m in metrics}
-    decimals = {m: decimals_for([ms[0] for (_, mm), ms in stats.items() if mm == m and ms]) for m in metrics}
-    for label, group_all in groups.items():
-        group = [r for r in group_all if r.get("status") == "done"]
-        cells = [str(group_all[0].get(a, "")) for a in axes] + [str(len(group))]
-        if not group:  # every seed failed or has not run: say which
-            statuses = sorted({str(r.get("status")) for r in group_all})
-            cells += [", ".join(statuses).replace("_", " ")] + [""] * (len(metrics) - 1)
-        elif not metrics:
-            cells.append("done")
-        else:
-            for m in metrics:
-                ms = stats[(label, m)]
-                cells.append(fmt_mean_sd(ms[0], ms[1], ms[2], decimals[m], n_expected=len(group)) if ms else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-FLOOR_CEILING = ("gfid", "gfid_floor", "gfid_ceiling", "gfid_normalized", "kid", "kid_floor", "kid_ceiling", "kid_normalized")
-
-
-def floor_ceiling_table(rows: Sequence[Mapping], axes: Sequence[str]) -> str:
-    """Where each case sits between real images (the floor: held-out real images of the same N against the same
-    reference) and noise (the ceiling: uniformly random codes through the same tokenizer): normalized =
-    (FID - floor) / (ceiling - floor). Empty when the runs did not record a floor and ceiling."""
-    done = [r for r in rows if r.get("status") == "done"]
-    if not any(as_number(r.get("gfid_floor")) is not None or as_number(r.get("gfid_ceiling")) is not None for r in done):
-        return ""
-    return "\n".join([
-        "## Floor and ceiling", "",
-        "Floor: held-out real images of the same N scored against the same reference; ceiling: uniformly random "
-        "codes decoded by the same tokenizer, same N; normalized = (score - floor) / (ceiling - floor): 0 is real, 1 "
-        "is noise. Mean ± sd over seeds:", "",
-        markdown_table(rows, axes, FLOOR_CEILING), ""])
-
-
-def verdict_metrics(report: Mapping[str, Any], stage: str, rows: Sequence[Mapping]) -> list[str]:
-    """``report.verdict_metrics``, else the stage's defaults that the results have."""
-    named = list(report.get("verdict_metrics") or [])
-    if named:
-        return named
-    done = [r for r in rows if r.get("status") == "done"]
-    return [m for m in DEFAULT_VERDICT_METRICS.get(stage, ()) if any(as_number(r.get(m)) is not None for r in done)]
-
-
-def verdicts_section(suite: DictConfig, rows: Sequence[Mapping], axes: Sequence[str]) -> str:
-    """The "Verdicts" section: every case against ``report.baseline`` (nothing when the suite names none)."""
-    report = to_dict(suite["report"]) or {}
-    baseline = parse_baseline(report.get("baseline"), [{a: r.get(a, "") for a in axes} for r in rows])
-    if baseline is None:
-        return ""
-    metrics = verdict_metrics(report, str(suite["stage"]), rows)
-    results = comparisons(rows, axes, baseline, metrics, report.get("directions") or {})
-    if not results:
-        return "## Verdicts\n\nNone: no finished run has " + " or ".join(metrics or ["a verdict metric"]) + ".\n"
-    text = markdown(results, baseline)
-    unfinished = [r for r in rows if r.get("status") != "done"]
-    if unfinished:  # say so above the table: a verdict from part of the grid is not the suite's verdict
-        note = (f"**Incomplete: {len(unfinished)} of {len(rows)} runs have not finished** ("
-                + ", ".join(f"{r['point']}/s{r['seed']} {str(r.get('status')).replace('_', ' ')}" for r in unfinished[:8])
-                + (", ..." if len(unfinished) > 8 else "") + "): the verdicts use the finished seed pairs only.\n\n")
-        text = text.replace("## Verdicts\n\n", "## Verdicts\n\n" + note, 1)
-    return text
-
-
-def correlations_section(rows: Sequence[Mapping], specs: Sequence[Mapping], head: str | None = None) -> str:
-    """Pearson r with a 95 % percentile bootstrap interval over runs for each ``scatter`` plot of the report, per
-    loss kind: runs of a bitwise head (bit BCE) and of an index head (index cross-entropy) are never pooled, as
-    their losses are on different scales (grouped by the ``head.name`` column where the suite sweeps the head,
-    else every run has the suite's ``head``). States the sign convention of r."""
-    done = [r for r in rows if r.get("status") == "done"]
-    kinds: dict[str, list[Mapping]] = {}
-    for r in done:
-        h = str(r.get("head.name") or head or "")
-        kinds.setdefault(LOSS_KINDS.get(h, f"{h} head" if h else "all runs"), []).append(r)
-    side = {HIGHER: "higher is better", LOWER: "lower is better"}
-    lines: list[str] = []
-    signs: list[str] = []
-    for spec in specs:
-        if spec.get("kind") != "scatter":
-            continue
-        x, y = spec.get("x"), spec.get("y")
-        for kind, group in kinds.items():
-            pts = [(as_number(r.get(x)), as_number(r.get(y))) for r in group]
-            pts = [p for p in pts if p[0] is not None and p[1] is not None]
-            c = bootstrap_correlation([p[0] for p in pts], [p[1] for p in pts])
-            if c.r is None:
-                lines.append(f"- {kind}: r({x}, {y}) undefined over {c.n} runs (fewer than 3, or one of them constant).")
-            else:
-                ci = f" [{c.ci[0]:.2f}, {c.ci[1]:.2f}]" if c.ci else ""
-                lines.append(f"- {kind}: Pearson r({x}, {y}) = {c.r:.2f}{ci} over {c.n} runs (95 % percentile "
-                             f"bootstrap over runs, {c.n_boot:,} resamples).")
-        dx, dy = direction(x), direction(y)
-        if NEUTRAL not in (dx, dy):
-            good = ">" if dx * dy > 0 else "<"
-            signs.append(f"- Sign convention ({x}: {side[dx]}; {y}: {side[dy]}): r {good} 0 means a better {x} goes "
-                         f"with a better {y}" + (
-                             f". Infinity Fig.10's r ≈ -0.98 is the validation loss against metrics where higher is "
-                             f"better: the same direction is r {good} 0 here." if "loss" in str(x) else "."))
-    return "\n".join(["## Correlations", "", *lines, *dict.fromkeys(signs), ""]) if lines else ""
-
-
 def _evaluation_share(done: Sequence[Mapping], wall: float) -> str:
     """The evaluation's share of the summed run wall time, when the runs recorded ``eval_time_s``."""
     ev = [as_number(r.get("eval_time_s")) for r in done]
@@ -272,7 +126,7 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
     published (``results``: the records' folder; default ``out`` when it is outside the runs, else the suite's
     results folder). Finished local runs are published into ``out`` when it is a results folder."""
     suite, jobs = plan(name, overrides)
-    sweep_dir = runs_root(suite) / suite["name"]
+    sweep_dir = runs_root(suite["runs_dir"]) / suite["name"]
     out = Path(out) if out is not None else sweep_dir
     if results is None:
         results = out if out != sweep_dir else results_dir(suite["name"])
@@ -304,7 +158,10 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
         f"(the tokenizers trained for them are not included){_evaluation_share(done, wall)}"
         + (f"; the sweep command's wall time, tokenizers included: {fmt_duration(sum(i['wall_s'] for i in manifest['invocations']))}"
            f" over {len(manifest['invocations'])} invocation(s){_overlap(manifest['invocations'])}" if manifest.get("invocations") else "")
-        + f"; machine: {_machines(manifest)}.",
+        + f"; machine: {_machines(manifest, done)}.",
+        "",
+        f"Time per run, measured: {time_text(times_by_machine(done)) or 'no finished run'} (the first run on a "
+        "machine also computes the evaluation's reference features; a run that shared its cores is slower).",
         "",
         *_fid_reference(done),
         "Mean ± sample sd over seeds (`seeds`: the finished runs of each case; a cell says `(n seeds)` where fewer "
@@ -326,32 +183,6 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
     (out / ("results.md" if out == sweep_dir else "report.md")).write_text("\n".join(md))
     print(f"[sweep {suite['name']}] results: {out / 'results.csv'}, {out / ('results.md' if out == sweep_dir else 'report.md')}, {len(plots)} plots")
     return out
-
-
-def samples_section(jobs: Sequence[Job], out: Path, results: Path | None) -> list[str]:
-    """A sample (or reconstruction) grid per case: the lowest seed's, from its run or its published record, linked
-    relative to the report (a report in results/ links the records' copies)."""
-    lines, seen = [], set()
-    recorded = check_records(list(jobs), results)
-    index = {id(j): i for i, j in enumerate(jobs)}
-    for job in sorted(jobs, key=lambda j: j.seed):
-        if job.point.label in seen:
-            continue
-        for folder in (job.run_dir, recorded.get(index[id(job)])):
-            grid = next((folder / n for n in ("samples.png", "reconstructions.png") if folder and (folder / n).is_file()), None)
-            if grid is None:
-                continue
-            try:
-                rel = os.path.relpath(grid, out)
-            except ValueError:
-                continue
-            if rel.startswith(".."):  # outside the report's folder: prefer the record's copy beside it
-                if folder == job.run_dir:
-                    continue
-            seen.add(job.point.label)
-            lines += [f"**{job.point.label}**, seed {job.seed}:", "", f"![{job.point.label} s{job.seed}]({rel})", ""]
-            break
-    return (["## Samples", "", "One grid per case (its lowest finished seed):", ""] + lines) if lines else []
 
 
 def _head_name(suite: DictConfig) -> str | None:
@@ -376,11 +207,15 @@ def _overlap(invocations: list[dict]) -> str:
     return f" (some ran side by side: {fmt_duration(elapsed)} from the first start to the last end)" if elapsed < total - 1 else ""
 
 
-def _machines(manifest: dict) -> str:
-    """The machines the sweep's invocations recorded (a report may be rebuilt elsewhere), else this one."""
+def _machines(manifest: dict, done: Sequence[Mapping]) -> str:
+    """The machines the sweep's invocations recorded, else those its finished runs recorded (a report may be
+    rebuilt elsewhere), else this one."""
     invocations = manifest.get("invocations", [])
     seen = list(dict.fromkeys(i["machine"] for i in invocations if "machine" in i))
     if not seen:
+        runs = Counter(str(r.get("gpu") or r.get("cpu")) for r in done if r.get("gpu") or r.get("cpu"))
+        if runs:
+            return "; ".join(f"{m} ({n} run{'s' * (n > 1)})" for m, n in runs.most_common()) + " (as the runs recorded)"
         return machine(threads=False) + " (where this report was built: the runs did not record theirs)"
     missing = sum("machine" not in i for i in invocations)
     return "; ".join(seen) + (f" ({missing} earlier invocation(s) did not record theirs)" if missing else "")
@@ -411,7 +246,7 @@ def check_report(name: str, overrides: Any = (), out: str | Path | None = None, 
     table), and a report in ``out`` with more finished runs than this one would have is not replaced by it
     unless ``force`` (a published table is never overwritten by less)."""
     suite, jobs = plan(name, list(overrides))
-    sweep_dir = runs_root(suite) / suite["name"]
+    sweep_dir = runs_root(suite["runs_dir"]) / suite["name"]
     command = " ".join(["python -m lab run", suite["name"], *overrides])
     results = Path(results) if results is not None else (Path(out) if out is not None else results_dir(suite["name"]))
     recorded = check_records(jobs, results)

@@ -36,7 +36,8 @@ from omegaconf import open_dict
 
 from lab.core.numfmt import fmt_duration
 from lab.runtime.files import process_rank, read_data, runs_root
-from lab.runtime.runlock import check_not_stale, holder, lock_path, try_lock, unlock
+from lab.config.runs import check_not_stale
+from lab.runtime.runlock import holder, lock_path, try_lock, unlock
 from lab.stages.preflight import check_run
 from lab.stages import run as stage_run  # run_experiment looked up per call: tests and tools may wrap it
 from lab.sweeps.plan import FAILED, expand, plan
@@ -62,7 +63,7 @@ def run_sweep(name: str, overrides: Sequence[str] = (), publish: str | Path | No
     for job in jobs:  # every point's checks that need no training (lab/stages/preflight.py), before any is trained
         if not (job.run_dir / "metrics.json").is_file() and id(job) not in recorded:
             check_run(job.cfg)
-    sweep_dir = runs_root(suite) / suite["name"]
+    sweep_dir = runs_root(suite["runs_dir"]) / suite["name"]
     sweep_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
         "suite": suite["name"], "overrides": list(overrides), "preset": suite["preset"],

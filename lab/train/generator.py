@@ -139,7 +139,7 @@ class GeneratorModule(CheckpointedRNG, pl.LightningModule):
         for k, v in enumerate(self.per_scale(tok_loss)):
             log[f"val_scale/{self.loss_name}_{k}"] = v
         self.log_dict(log, prog_bar=False, sync_dist=True, batch_size=B)
-        # what ModelCheckpoint monitors (lab/stages/run.py); not in TensorBoard, where each head's loss has its own name
+        # what ModelCheckpoint monitors (lab/stages/common.py build_trainer); not in TensorBoard, where each head's loss has its own name
         self.log("val/loss", tok_loss.mean(), logger=False, sync_dist=True, batch_size=B)
         self.log("val_loss", tok_loss.mean(), prog_bar=True, logger=False, sync_dist=True, batch_size=B)
 

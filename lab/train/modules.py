@@ -12,7 +12,8 @@ from torch import Tensor
 
 from lab.core.settings import LossSettings, OptimSettings
 from lab.train import optim
-from lab.metrics.measures import LPIPS, psnr
+from lab.metrics.lpips import LPIPS
+from lab.metrics.measures import psnr
 from lab.models.tokenizer import Tokenizer
 
 
@@ -165,7 +166,7 @@ class TokenizerModule(CheckpointedRNG, pl.LightningModule):
         loss = rec + self.lpips_weight * lp_loss
         self.log_dict({"val/recon_loss": loss, "val/psnr": psnr(out.x_hat, x), "val/lpips": lp},
                       prog_bar=True, sync_dist=True, batch_size=x.shape[0])
-        # what ModelCheckpoint monitors (lab/stages/run.py); not in TensorBoard, where each stage's loss has its own name
+        # what ModelCheckpoint monitors (lab/stages/common.py build_trainer); not in TensorBoard, where each stage's loss has its own name
         self.log("val/loss", loss, logger=False, sync_dist=True, batch_size=x.shape[0])
         if batch_idx == 0 and self.trainer.is_global_zero and self.logger is not None:
             n = min(8, x.shape[0])

@@ -17,7 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from lab.core.registry import ConfigError, check_kwargs, suggest, to_dict, upgrade_renamed, validate
 from lab.core.settings import (EvalSettings, GeneratorLossSettings, LoaderSettings, LossSettings, OptimSettings,
                                SampleSettings, Sections, TokenizerTrainSettings)
+from lab.config.checks import check_ranges, refuse_unused
+from lab.config.runs import default_run_name
 from lab.runtime.files import ROOT
+from lab.runtime.naming import check_run_name, check_tags
+from lab.runtime.safety import check_experiment_name, check_seeds
+from lab.runtime.tracking import check_loggers
 
 EXPERIMENTS = ROOT / "experiments"
 PRESETS = ("cpu", "smoke", "gpu")
@@ -53,7 +58,6 @@ class DuplicateKeyError(yaml.YAMLError):
 
 class UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a key repeated in one mapping (plain YAML keeps the last, silently)."""
-
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
         for key_node, _ in node.value:
@@ -182,8 +186,6 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
 
 
 def _check_loggers(names: Any) -> None:
-    from lab.runtime.tracking import check_loggers
-
     check_loggers(to_dict(names))
 
 
@@ -268,9 +270,6 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
 
     ``layer`` (nested dict, e.g. one grid point of a sweep) is merged after the preset and before the command
     line: the preset sets the scale, the swept keys keep their values at every scale."""
-    from lab.runtime.naming import check_run_name, check_tags, default_run_name
-    from lab.runtime.safety import check_experiment_name, check_ranges, refuse_unused
-
     name = str(name).removesuffix(".yaml")
     check_experiment_name(name, EXPERIMENTS)  # a name never reads a YAML outside experiments/
     path = EXPERIMENTS / f"{name}.yaml"
@@ -305,8 +304,6 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
     for source, keys in user.items():
         refuse_unused(keys, cfg["stage"], source)
     if not cfg.get("sweep") and any("seeds" in keys for keys in user.values()) and cfg.get("seeds") is not None:
-        from lab.runtime.safety import check_seeds
-
         check_seeds(cfg["seeds"], False)  # (the smoke preset's seeds: [0] serves sweeps and is ignored elsewhere)
     check_ranges(cfg)
     if isinstance(cfg.get("run_name"), (int, float)) and not isinstance(cfg["run_name"], bool):
