@@ -10,6 +10,7 @@ features of a layout change only by the convolutions' summation order)."""
 from __future__ import annotations
 
 import time
+from typing import Iterator
 
 import torch
 
@@ -39,30 +40,27 @@ def _rate(fn, images: torch.Tensor, batch: int, budget_s: float) -> tuple[float,
     return done / (time.perf_counter() - t0), done
 
 
-def bench_inception(s: Settings) -> list[dict]:
+def bench_inception(s: Settings) -> Iterator[dict]:
     old = torch.get_num_threads()  # what a run's evaluation uses
     threads_list = (old,) if s.quick else tuple(sorted({1, old}))
-    batches = (16,) if s.quick else (16, 32, DEFAULT_BATCH, 128)
+    batches = (16,) if s.quick else (16, DEFAULT_BATCH)  # (a case's warm-up batch at 1 thread takes ~15 s)
     budget = 2.0 if s.quick else max(8.0, s.max_seconds)
-    images = torch.rand(32 if s.quick else 512, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    images = torch.rand(32 if s.quick else 256, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     exts = {lay: InceptionFeatures(batch_size=10_000, channels_last=lay == "channels_last")  # (batches chosen here)
             for lay in ("contiguous", "channels_last")}
     cases = [(t, b, lay) for t in threads_list for b in batches for lay in ("contiguous", "channels_last")]
-    rows, ref_feats = [], None
+    cases.sort(key=lambda c: (c[0] != old, c[1] != (16 if s.quick else DEFAULT_BATCH)))  # the default row first
+    base, ref_feats = None, None
     try:
         ref_feats = exts["contiguous"](images[:16])
-        for t, b, lay in cases:
+        for t, b, lay in cases:  # each row as it is measured: an interrupted part keeps what it measured
             progress(f"inception: {t} thread(s), batch {b}, {lay}")
             torch.set_num_threads(t)
             fn = exts[lay]
             rate, n = _rate(fn, images, b, budget)
             diff = (fn(images[:16]) - ref_feats).abs().max().item()
-            rows.append(dict(threads=t, batch=b, layout=lay, images_per_s=rate, images=n, max_diff=diff,
-                             cpu=cpu_model()))
+            base = base or rate  # the first row: the process's threads, batch 64 (quick: 16), contiguous
+            yield dict(threads=t, batch=b, layout=lay, images_per_s=rate, images=n, vs_default=ratio(rate, base),
+                       max_diff=diff, cpu=cpu_model())
     finally:
         torch.set_num_threads(old)
-    base = next((r["images_per_s"] for r in rows if (r["threads"], r["batch"], r["layout"]) ==
-                 (old, DEFAULT_BATCH, "contiguous")), rows[0]["images_per_s"])  # (quick: its first row)
-    for r in rows:
-        r["vs_default"] = ratio(r["images_per_s"], base)
-    return rows
