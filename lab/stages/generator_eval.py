@@ -97,7 +97,8 @@ def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> dict:
     the floor (those ``n`` real validation images) and the ceiling (``n`` images decoded from random codes) of
     ``lab.metrics.fid_protocol``. -> metrics.json entries, ``fid_samples`` and ``sampling_time_s`` (sampling and decoding
     only) included."""
-    opts = P.options(sections(cfg).eval)
+    settings = sections(cfg)  # once: the sampling options of every batch below come from it
+    opts = P.options(settings.eval)
     kid_kw = {"kid_subsets": opts["kid_subsets"], "kid_subset_size": opts["kid_subset_size"]}
     device = module.device
     phase(f"evaluating: gFID / KID of {n:,} generated images against the training split's reference"
@@ -118,7 +119,7 @@ def gfid(module: GeneratorModule, dm, cfg: Any, n: int) -> dict:
         elif module.model.cond_kind == "text":
             cond["text"] = module.batch_text(b, "validation")
         t0 = time.perf_counter()
-        imgs = sample_images(module.model, module.head, module.tokenizer, batch_size=take, opts=sample_opts(cfg, seed=i), **cond)
+        imgs = sample_images(module.model, module.head, module.tokenizer, batch_size=take, opts=SampleOptions.of(settings.sample, seed=i), **cond)
         t1 = time.perf_counter()
         feats.append(extractor(imgs).cpu())  # one batch of generated images through Inception at a time
         gen_time, inc_time = gen_time + t1 - t0, inc_time + time.perf_counter() - t1
