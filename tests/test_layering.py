@@ -142,6 +142,10 @@ def test_the_readme_and_the_package_docstring_state_this_layer_map():
 # The config's top-level sections: a subscript by one of these names below the config layer reads a config.
 SECTIONS = ("data", "loader", "quantizer", "tokenizer", "loss", "optim", "trainer", "eval", "resolved", "presets",
             "tokenizer_train", "generator", "head", "correction", "generator_loss", "sample", "sweep", "report")
+# The sections with a typed view (lab/core/settings.py; ``trainer``: its Placement): a parameter by one of these
+# names typed as a mapping takes the section itself. (The open nodes, ``quantizer`` and the like, are a component's
+# keyword arguments, and stay mappings.)
+TYPED = ("loader", "loss", "optim", "trainer", "eval", "sample", "generator_loss", "tokenizer_train")
 # Not readers: the config's own plain helpers (to_dict, save_config: convert and write one, read nothing in it), and
 # SampleOptions' ``cfg``, the 0.1 name of ``guidance`` (a number, until 0.2).
 NOT_READERS = {("lab.core.registry", "to_dict"), ("lab.core.registry", "save_config"),
@@ -149,7 +153,8 @@ NOT_READERS = {("lab.core.registry", "to_dict"), ("lab.core.registry", "save_con
 
 
 def config_readers(module: str) -> list[str]:
-    """Where ``module`` takes a config mapping: a parameter named cfg / config, or a subscript by a section name."""
+    """Where ``module`` takes a config mapping: a parameter named cfg / config, a parameter named after a section and
+    typed as a mapping (``trainer: dict``), or a subscript by a section name."""
     out = []
     for node in ast.walk(ast.parse(MODULES[module].read_text())):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
@@ -159,6 +164,9 @@ def config_readers(module: str) -> list[str]:
             for arg in a.posonlyargs + a.args + a.kwonlyargs:
                 if arg.arg in ("cfg", "config", "conf"):
                     out.append(f"line {node.lineno}: parameter {arg.arg}")
+                elif arg.arg in TYPED and arg.annotation is not None and \
+                        ast.unparse(arg.annotation).split("[")[0] in ("dict", "Mapping", "DictConfig"):
+                    out.append(f"line {node.lineno}: parameter {arg.arg}: {ast.unparse(arg.annotation)} (a section)")
         elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in SECTIONS:
             out.append(f"line {node.lineno}: [{node.slice.value!r}]")
     return out

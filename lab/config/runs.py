@@ -169,11 +169,13 @@ def check_not_stale(jobs: list) -> None:
 
 def _plain(cfg: Any) -> dict:
     """The job's config as its run would record it: ``auto`` settings resolved (lab/runtime/machine.py) on a copy."""
+    from lab.config.typed import loader_settings, placement
     from lab.runtime.machine import resolve_settings  # noqa: PLC0415 - imports torch; `lab status` does not need it
 
     plain = to_dict(cfg)
     try:
-        r = resolve_settings(plain["trainer"], plain["loader"], plain.get("resolved"), str(plain["stage"]), verbose=False)
+        r = resolve_settings(placement(plain["trainer"]), loader_settings(plain["loader"]), plain.get("resolved"),
+                             str(plain["stage"]), verbose=False)
     except Exception:  # noqa: BLE001 - compare what there is; the run itself reports a layout problem
         return plain
     return {**plain, "trainer": {**plain["trainer"], **r.trainer}, "loader": {**plain["loader"], **r.loader},
