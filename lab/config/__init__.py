@@ -14,8 +14,9 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from lab.core.registry import ConfigError, check_kwargs, suggest, to_dict, upgrade_renamed, validate
+from lab.core.registry import ConfigError, check_kwargs, suggest, to_dict, validate
 from lab.config.checks import check_ranges, refuse_unused
+from lab.config.migrate import upgrade_renamed
 from lab.config.runs import default_run_name
 from lab.config.typed import loader_settings, placement, sections  # noqa: F401 - sections: the stages' entry
 from lab.runtime.files import ROOT

@@ -1,8 +1,8 @@
 """The skeleton every stage shares: its run directory, data module, Trainer, seeds, final metrics and summary.
 
 ``lab/stages/tokenizer.py`` and ``lab/stages/generator.py`` are the two stages built on it; ``lab/stages/run.py``
-picks one from ``stage:``. Only the stages (and the command line) read the whole config: the layers below take
-plain arguments.
+picks one from ``stage:``. The stages, and the layers above them (sweeps, the command line), read the whole config;
+the layers below lab.config take built components, typed sections and plain values.
 """
 from __future__ import annotations
 
