@@ -137,7 +137,7 @@ def test_guidance_is_named_guidance_and_the_old_cfg_key_still_reads(tmp_path, ca
         load_experiment("generator/c2i_fashion", ["sample.cfg=3", "sample.guidance=2"])
     # a run recorded by 0.1 (sample.cfg in its config.yaml) compares equal to the same run under the new name
     from lab.config.runs import read_config
-    from lab.runtime.runlock import config_differences
+    from lab.config.runs import config_differences
 
     old = tmp_path / "config.yaml"
     old.write_text("sample:\n  cfg: 2.0\n  cfg_schedule: constant\n")

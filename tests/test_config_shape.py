@@ -21,8 +21,8 @@ SNAPSHOT = ROOT / "tests" / "data" / "config_snapshot.json"
 
 def _digest(cfg) -> str:
     """The config as a record comparison sees it: requested values, without the keys comparisons ignore
-    (bookkeeping such as run_name, tags, publish: lab/runtime/runlock.py RESUME_IGNORED)."""
-    from lab.runtime.runlock import RESUME_IGNORED, flatten
+    (bookkeeping such as run_name, tags, publish: lab/config/runs.py RESUME_IGNORED)."""
+    from lab.config.runs import RESUME_IGNORED, flatten
     from lab.sweeps.records import requested
 
     flat = {k: v for k, v in flatten(requested(cfg)).items()

@@ -76,12 +76,12 @@ def test_cpu_processes_share_the_cores(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
-        assert share_cpu_threads({"accelerator": "cpu", "devices": 2}) == 4 and torch.get_num_threads() == 4
-        assert share_cpu_threads({"accelerator": "cpu", "devices": 16}) == 1
-        assert share_cpu_threads({"accelerator": "cpu", "devices": 1}) is None
-        assert share_cpu_threads({"accelerator": "gpu", "devices": 2}) is None
+        assert share_cpu_threads("cpu", 2) == 4 and torch.get_num_threads() == 4
+        assert share_cpu_threads("cpu", 16) == 1
+        assert share_cpu_threads("cpu", 1) is None
+        assert share_cpu_threads("gpu", 2) is None
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
-        assert share_cpu_threads({"accelerator": "cpu", "devices": 2}) is None
+        assert share_cpu_threads("cpu", 2) is None
     finally:
         torch.set_num_threads(before)
 

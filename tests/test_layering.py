@@ -142,6 +142,10 @@ def test_the_readme_and_the_package_docstring_state_this_layer_map():
 # The config's top-level sections: a subscript by one of these names below the config layer reads a config.
 SECTIONS = ("data", "loader", "quantizer", "tokenizer", "loss", "optim", "trainer", "eval", "resolved", "presets",
             "tokenizer_train", "generator", "head", "correction", "generator_loss", "sample", "sweep", "report")
+# The sections with a typed view (lab/core/settings.py; ``trainer``: its Placement): a parameter by one of these
+# names typed as a mapping takes the section itself. (The open nodes, ``quantizer`` and the like, are a component's
+# keyword arguments, and stay mappings.)
+TYPED = ("loader", "loss", "optim", "trainer", "eval", "sample", "generator_loss", "tokenizer_train")
 # Not readers: the config's own plain helpers (to_dict, save_config: convert and write one, read nothing in it), and
 # SampleOptions' ``cfg``, the 0.1 name of ``guidance`` (a number, until 0.2).
 NOT_READERS = {("lab.core.registry", "to_dict"), ("lab.core.registry", "save_config"),
@@ -149,7 +153,8 @@ NOT_READERS = {("lab.core.registry", "to_dict"), ("lab.core.registry", "save_con
 
 
 def config_readers(module: str) -> list[str]:
-    """Where ``module`` takes a config mapping: a parameter named cfg / config, or a subscript by a section name."""
+    """Where ``module`` takes a config mapping: a parameter named cfg / config, a parameter named after a section and
+    typed as a mapping (``trainer: dict``), or a subscript or ``.get`` by a section name."""
     out = []
     for node in ast.walk(ast.parse(MODULES[module].read_text())):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
@@ -159,8 +164,14 @@ def config_readers(module: str) -> list[str]:
             for arg in a.posonlyargs + a.args + a.kwonlyargs:
                 if arg.arg in ("cfg", "config", "conf"):
                     out.append(f"line {node.lineno}: parameter {arg.arg}")
+                elif arg.arg in TYPED and arg.annotation is not None and \
+                        ast.unparse(arg.annotation).split("[")[0] in ("dict", "Mapping", "DictConfig"):
+                    out.append(f"line {node.lineno}: parameter {arg.arg}: {ast.unparse(arg.annotation)} (a section)")
         elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in SECTIONS:
             out.append(f"line {node.lineno}: [{node.slice.value!r}]")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+              and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value in SECTIONS):
+            out.append(f"line {node.lineno}: .get({node.args[0].value!r})")
     return out
 
 
@@ -186,9 +197,9 @@ def test_the_flat_module_paths_of_0_1_are_aliases_of_the_new_homes(old):
 
 def test_the_0_1_aliases_go_at_0_2():
     """The flat paths of 0.1 and the renamed keys are read "until 0.2": this fails when the version gets there with
-    them still in place (lab.MOVED, lab.core.registry.RENAMED_KEYS)."""
+    them still in place (lab.MOVED, lab.config.migrate.RENAMED_KEYS)."""
     import lab
-    from lab.core.registry import RENAMED_KEYS
+    from lab.config.migrate import RENAMED_KEYS
 
     major, minor = (int(x) for x in lab.__version__.split(".")[:2])
     if (major, minor) >= (0, 2):

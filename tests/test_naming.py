@@ -53,7 +53,7 @@ def test_a_numeric_name_is_a_name():
 
 def test_old_records_and_resumes_ignore_names_and_tags(tmp_path):
     from lab.config.runs import check_resume, read_config
-    from lab.runtime.runlock import config_differences
+    from lab.config.runs import config_differences
     from lab.sweeps.records import record_differences
 
     new = load_experiment("quickstart", ["preset=smoke", "run_name=renamed", "tags=[a]"])

@@ -165,6 +165,17 @@ def test_devices_auto_layout_keeps_the_global_batch(monkeypatch):
     assert (cfg.trainer.devices, cfg.loader.batch_size, cfg.trainer.precision) == (1, 8, "32-true")
 
 
+def test_the_placement_is_the_trainer_nodes_keys_with_lightnings_defaults():
+    from lab.config import placement
+    from lab.core.settings import Placement
+
+    assert placement({"max_steps": 5}) == Placement()  # a key the node lacks: Lightning's default
+    p = placement({"devices": [0, 1], "precision": None, "accelerator": "gpu", "num_nodes": 2, "gradient_clip_val": 1})
+    assert (p.devices, p.precision, p.accelerator, p.num_nodes) == ((0, 1), "32-true", "gpu", 2)
+    cfg = load_experiment("quickstart", ["trainer.devices=auto", "loader.global_batch_size=32"])
+    assert placement(cfg.trainer).devices == "auto"  # built from the validated config's DictConfig too
+
+
 def test_layout_errors_are_config_errors():
     with pytest.raises(ConfigError, match="loader.global_batch_size"):
         resolve_run_settings(load_experiment("quickstart", ["loader.global_batch_size=null",

@@ -227,11 +227,11 @@ def test_the_busy_cpu_note_prints_once_and_on_rank_zero_only(capsys, monkeypatch
     monkeypatch.setattr(trainer, "_CPU_NOTE_SHOWN", [False])
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.delenv("RANK", raising=False)
-    trainer.warn_if_cpu_busy({"accelerator": "cpu"})
+    trainer.warn_if_cpu_busy("cpu")
     assert capsys.readouterr().out == ""
     monkeypatch.setenv("LOCAL_RANK", "0")
-    trainer.warn_if_cpu_busy({"accelerator": "cpu"})
-    trainer.warn_if_cpu_busy({"accelerator": "cpu"})  # the generator stage's second Trainer
+    trainer.warn_if_cpu_busy("cpu")
+    trainer.warn_if_cpu_busy("cpu")  # the generator stage's second Trainer
     assert capsys.readouterr().out.count("CPU is already busy") == 1
 
 

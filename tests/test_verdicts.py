@@ -314,6 +314,25 @@ def test_bootstrap_correlation_interval():
     assert bootstrap_correlation([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]).r is None
 
 
+def test_bootstrap_correlation_within_groups_is_over_seeds_not_sizes():
+    """Runs that share a model size are resampled within it: every resample keeps each size's count, so the interval
+    is over training seeds. Seeds that agree exactly leave nothing to resample; a plain bootstrap over runs would
+    still give an interval (from dropping whole sizes), mistaking the design for noise."""
+    sizes = ["xs"] * 3 + ["s"] * 3 + ["m"] * 3
+    x = [3.0] * 3 + [2.0] * 3 + [1.5] * 3            # validation loss per size, identical over seeds
+    y = [90.0] * 3 + [60.0] * 3 + [58.0] * 3         # gFID per size
+    flat = bootstrap_correlation(x, y, n_boot=2000, groups=sizes)
+    assert flat.ci == pytest.approx((flat.r, flat.r)) and flat.r > 0.9
+    assert bootstrap_correlation(x, y, n_boot=2000).ci[0] < flat.r - 0.01  # over runs: sizes dropped, an interval
+    rng = np.random.default_rng(3)
+    noisy = [v + e for v, e in zip(y, rng.normal(scale=8.0, size=9))]
+    within = bootstrap_correlation(x, noisy, n_boot=2000, groups=sizes)
+    assert within.ci[0] < within.r < within.ci[1] and within.n_boot == 2000
+    assert bootstrap_correlation(x[::3], y[::3], groups=sizes[::3]).ci is None  # one run a size: no seed variation
+    with pytest.raises(ValueError, match="labels for 9 runs"):
+        bootstrap_correlation(x, y, groups=sizes[:4])
+
+
 def test_difference_of_differences():
     seeds = range(4)
     noise = {s: NOISE[s] for s in seeds}

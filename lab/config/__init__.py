@@ -14,11 +14,11 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from lab.core.registry import ConfigError, check_kwargs, suggest, to_dict, upgrade_renamed, validate
-from lab.core.settings import (EvalSettings, GeneratorLossSettings, LoaderSettings, LossSettings, OptimSettings,
-                               SampleSettings, Sections, TokenizerTrainSettings)
+from lab.core.registry import ConfigError, check_kwargs, suggest, to_dict, validate
 from lab.config.checks import check_ranges, refuse_unused
+from lab.config.migrate import upgrade_renamed
 from lab.config.runs import default_run_name
+from lab.config.typed import loader_settings, placement, sections  # noqa: F401 - sections: the stages' entry
 from lab.runtime.files import ROOT
 from lab.runtime.naming import check_run_name, check_tags
 from lab.runtime.safety import check_experiment_name, check_seeds
@@ -317,49 +317,10 @@ def load_experiment(name: str, overrides: Iterable[str] = (), layer: Mapping | N
         check_image_size(cfg)
         from lab.runtime.machine import resolve_layout
 
-        resolve_layout(cfg["trainer"], cfg["loader"])  # devices: auto / global_batch_size problems, before any run
+        resolve_layout(placement(cfg["trainer"]), loader_settings(cfg["loader"]))  # devices: auto / global_batch_size problems, before any run
     conf = OmegaConf.create(cfg)
     OmegaConf.set_struct(conf, True)
     for node in OPEN_NODES:
         if isinstance(conf.get(node), DictConfig):
             OmegaConf.set_struct(conf[node], False)
     return conf
-
-
-def _section(kind: type, node: Any, where: str, **fallback: Any):
-    """One fixed-key node as its dataclass (lab/core/settings.py); ``fallback``: values for keys that configs recorded
-    by earlier versions lack."""
-    from dataclasses import MISSING, fields
-
-    node = {**fallback, **(to_dict(node) or {})}
-    values = {}
-    for f in fields(kind):
-        if f.name in node:
-            v = node[f.name]
-            values[f.name] = tuple(v) if isinstance(v, list) else v
-        elif f.default is MISSING:
-            raise ConfigError(f"The config has no {where}.{f.name} (base.yaml sets it); a config.yaml or checkpoint "
-                              "written by another version? Add the key.")
-    return kind(**values)
-
-
-def sections(cfg: Mapping) -> Sections:
-    """The fixed-key sections of a validated config (or of a checkpoint's recorded one) as frozen dataclasses: what
-    the stages hand to the layers below them, so that nothing there reads a config by key."""
-    from lab.metrics.fid_protocol import DEFAULTS  # (the protocol's own defaults, for configs recorded before them)
-
-    loss = _section(LossSettings, cfg["loss"], "loss")
-    return Sections(
-        optim=_section(OptimSettings, cfg["optim"], "optim"),
-        loss=loss,
-        loader=_section(LoaderSettings, cfg["loader"], "loader", global_batch_size=None, num_workers=0),
-        # (a 0.1 tokenizer checkpoint: no eval node, its LPIPS reported at loss.lpips_size)
-        eval=(_section(EvalSettings, cfg["eval"], "eval", **DEFAULTS, lpips_size=loss.lpips_size, label_noise=[])
-              if cfg.get("eval") is not None else None),
-        sample=_section(SampleSettings, cfg["sample"], "sample") if cfg.get("sample") is not None else None,
-        generator_loss=(_section(GeneratorLossSettings, cfg["generator_loss"], "generator_loss")
-                        if cfg.get("generator_loss") is not None else None),
-        tokenizer_train=(_section(TokenizerTrainSettings, cfg["tokenizer_train"], "tokenizer_train")
-                         if cfg.get("tokenizer_train") is not None else None),
-    )
-

@@ -1,7 +1,8 @@
 """What a run's config says about the run as a whole: its name and directory name, whether a resume continues the
 same run, whether a sweep's existing runs were made with its points' configs now, and what the loggers record of it
 (``RunInfo``). These read the whole config; the runtime helpers below them (lab/runtime/naming.py, runlock.py,
-tracking.py) take the plain values handed to them here.
+tracking.py) take the plain values handed to them here. ``config_differences`` is what a resume and a sweep's
+records compare: every key of two recorded configs that changes a result (``RESUME_IGNORED`` aside).
 
 ``check_resume`` compares the command's resolved config with the run's ``config.yaml`` and refuses any difference
 that changes the result, except the keys named on purpose in ``resume_allow`` (recorded in the run's
@@ -17,12 +18,12 @@ from typing import Any, Mapping
 
 from omegaconf import OmegaConf
 
-from lab.core.registry import ConfigError, save_config, to_dict, upgrade_renamed
+from lab.core.registry import ConfigError, save_config, to_dict
+from lab.config.migrate import upgrade_renamed
 from lab.core.settings import loss_tag
 from lab.runtime.files import data_file_error, process_rank, read_data
 from lab.runtime.naming import MAX_NAME, NAME_KEYS, dotted_get, slug
 from lab.runtime.safety import SAFE_COMPONENT
-from lab.runtime.runlock import config_differences, flatten
 from lab.runtime.tracking import RunInfo, CONFIG_KEYS
 
 
@@ -169,11 +170,13 @@ def check_not_stale(jobs: list) -> None:
 
 def _plain(cfg: Any) -> dict:
     """The job's config as its run would record it: ``auto`` settings resolved (lab/runtime/machine.py) on a copy."""
+    from lab.config.typed import loader_settings, placement
     from lab.runtime.machine import resolve_settings  # noqa: PLC0415 - imports torch; `lab status` does not need it
 
     plain = to_dict(cfg)
     try:
-        r = resolve_settings(plain["trainer"], plain["loader"], plain.get("resolved"), str(plain["stage"]), verbose=False)
+        r = resolve_settings(placement(plain["trainer"]), loader_settings(plain["loader"]), plain.get("resolved"),
+                             str(plain["stage"]), verbose=False)
     except Exception:  # noqa: BLE001 - compare what there is; the run itself reports a layout problem
         return plain
     return {**plain, "trainer": {**plain["trainer"], **r.trainer}, "loader": {**plain["loader"], **r.loader},
@@ -193,3 +196,48 @@ def run_info(cfg: Any) -> RunInfo:
                    tags=tuple(run_tags(c)), loggers=tuple(loggers), cached_tokenizer=cached,
                    loss_kind=loss_tag(head) if c.get("stage") == "generator" and head else None,
                    settings={k: dotted_get(c, k) for k in CONFIG_KEYS})
+
+
+# ------------------------------------------------------------------------------------------ comparing two configs
+# Keys that may differ between a run and its resume without changing the result.
+# ("resolved" records the machine and why `auto` settings took their values: the values themselves are compared.)
+# (run_name and tags are bookkeeping: a resume may rename or retag a run, and a sweep's runs are never stale for them.)
+RESUME_IGNORED = ("resume", "run_id", "runs_dir", "resume_allow", "compile", "checkpoint_every_n_steps", "presets",
+                  "sweep", "seeds", "report", "publish", "loader.num_workers", "trainer.enable_progress_bar", "resolved",
+                  "run_name", "tags")
+
+
+# Keys added to base.yaml after runs were recorded, with the default they were added with: a recorded config
+# that lacks one ran with that default (the key did not exist yet), so it is no difference. A key whose default
+# changes behaviour for old runs must not be listed here.
+ADDED_KEYS: dict[str, Any] = {}
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _ignored(key: str, extra: tuple[str, ...] = ()) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUME_IGNORED + tuple(extra))
+
+
+def config_differences(old: Mapping, new: Mapping, allow: tuple[str, ...] = ()) -> list[str]:
+    """``key: old -> new`` for every key that differs between two resolved configs (ignored and allowed keys aside)."""
+    a, b = flatten(old), flatten(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if _ignored(key, allow):
+            continue
+        va, vb = a.get(key, "<unset>"), b.get(key, "<unset>")
+        if key in ADDED_KEYS and "<unset>" in (va, vb) and ADDED_KEYS[key] in (va, vb):
+            continue
+        if va != vb and not (isinstance(va, (int, float)) and isinstance(vb, (int, float)) and float(va) == float(vb)):
+            out.append(f"{key}: {va!r} -> {vb!r}")
+    return out

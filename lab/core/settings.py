@@ -81,6 +81,18 @@ class TokenizerTrainSettings:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a run trains and in what precision: the ``trainer:`` keys that the speed settings (lab/runtime/machine.py)
+    and the thread sharing (lab/runtime/trainer.py) read. The ``trainer:`` node itself stays Lightning's keyword
+    arguments; a key it lacks takes Lightning's default."""
+    accelerator: str = "cpu"
+    devices: int | str | tuple = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+
+
+@dataclass(frozen=True)
 class Sections:
     """Every fixed-key section of one config. A section that a recorded config lacks is None: ``generator_loss``,
     ``sample`` and ``tokenizer_train`` in a tokenizer checkpoint's config of 0.1, ``eval`` in the oldest ones."""

@@ -286,7 +286,7 @@ def compare(metric: str, pairs: Sequence[tuple[str, Mapping[int, float], str, Ma
 @dataclass(frozen=True)
 class Correlation:
     r: float | None
-    ci: tuple[float, float] | None    # percentile bootstrap interval over runs
+    ci: tuple[float, float] | None    # percentile bootstrap interval over runs (within groups, if given)
     n: int
     n_boot: int                        # resamples used (those with variance in both variables)
 
@@ -301,9 +301,15 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 
 def bootstrap_correlation(x: Sequence[float], y: Sequence[float], n_boot: int = 10000, level: float = 1 - ALPHA,
-                          seed: int = 0) -> Correlation:
+                          seed: int = 0, groups: Sequence[Any] | None = None) -> Correlation:
     """Pearson r of (x, y) over runs with a percentile bootstrap interval: resample the runs (pairs) with
-    replacement ``n_boot`` times; resamples in which x or y is constant have no r and are left out."""
+    replacement ``n_boot`` times; resamples in which x or y is constant have no r and are left out.
+
+    ``groups`` (one label per run, e.g. its model size): resample the runs *within* each group, keeping every
+    group's count. Runs that share a design point (a model size, trained with several seeds) are not independent
+    draws: the points are the design, the seeds are the randomness, so the interval is over training seeds. The
+    plain bootstrap would drop whole sizes from a resample and mix design and noise. With a single run per group
+    there is no seed variation to resample: no interval."""
     import numpy as np
 
     a, b = np.asarray(x, float), np.asarray(y, float)
@@ -311,7 +317,16 @@ def bootstrap_correlation(x: Sequence[float], y: Sequence[float], n_boot: int = 
     r = pearson(a, b)
     if r is None:
         return Correlation(None, None, n, 0)
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        idx = rng.integers(0, n, size=(n_boot, n))
+    else:
+        if len(groups) != n:
+            raise ValueError(f"groups has {len(groups)} labels for {n} runs")
+        members = [np.array([i for i, g in enumerate(groups) if g == label]) for label in dict.fromkeys(groups)]
+        if max(len(m) for m in members) < 2:
+            return Correlation(r, None, n, 0)
+        idx = np.concatenate([m[rng.integers(0, len(m), size=(n_boot, len(m)))] for m in members], axis=1)
     xa, yb = a[idx], b[idx]  # (n_boot, n)
     xa = xa - xa.mean(1, keepdims=True)
     yb = yb - yb.mean(1, keepdims=True)

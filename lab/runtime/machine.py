@@ -12,7 +12,7 @@
   global batch (``make bench`` part ``machine``: on a 2-core Zen 4 two processes of 16 beat one of 32 on both
   cores; on a Zen 2 both layouts took 384 ms, so the rule is never slower than one process on either).
 
-``resolve_settings(trainer, loader, ...)`` returns the concrete values (Lightning receives a concrete precision and
+``resolve_settings(placement, loader, ...)`` returns the concrete values (Lightning receives a concrete precision and
 an int device count) and the reasons; the stage writes them into its config (lab/stages/common.py
 ``resolve_run_settings``), whose ``resolved:`` node ``config.yaml`` and ``metrics.json`` record.
 """
@@ -29,6 +29,7 @@ from typing import Any, Mapping
 import torch
 
 from lab.core.registry import ConfigError
+from lab.core.settings import LoaderSettings, Placement
 from lab.runtime.files import cache_root
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -231,10 +232,10 @@ def cpu_processes(global_batch: int, cores: int | None = None) -> tuple[int, str
     return n, why
 
 
-def resolve_layout(trainer: dict, loader: dict) -> tuple[dict, dict, str | None]:
+def resolve_layout(place: Placement, loader: LoaderSettings) -> tuple[dict, dict, str | None]:
     """(trainer keys, loader keys to set, why) for ``trainer.devices: auto`` and ``loader.global_batch_size``."""
-    devices, global_batch = trainer.get("devices", 1), loader.get("global_batch_size")
-    on_cpu = not _on_cuda(trainer.get("accelerator", "cpu")) and str(trainer.get("accelerator", "cpu")).lower() in ("cpu", "auto")
+    devices, global_batch = place.devices, loader.global_batch_size
+    on_cpu = not _on_cuda(place.accelerator) and str(place.accelerator).lower() in ("cpu", "auto")
     if global_batch is None:
         if str(devices) == "auto" and on_cpu:
             raise ConfigError(
@@ -247,20 +248,20 @@ def resolve_layout(trainer: dict, loader: dict) -> tuple[dict, dict, str | None]
     if str(devices) == "auto" and on_cpu:
         n, why = cpu_processes(global_batch)
         out = {"devices": n}
-        if str(trainer.get("strategy", "auto")) in ("auto", "ddp") and n == 1:
+        if str(place.strategy) in ("auto", "ddp") and n == 1:
             out["strategy"] = "auto"
-        elif n > 1 and str(trainer.get("strategy", "auto")) == "auto":
+        elif n > 1 and str(place.strategy) == "auto":
             out["strategy"] = "ddp"
         return out, {"batch_size": global_batch // n}, why
     if isinstance(devices, int) and devices > 0:
         n = devices
     elif isinstance(devices, (list, tuple)):
         n = len(devices)
-    elif _on_cuda(trainer.get("accelerator")) and torch.cuda.is_available():
+    elif _on_cuda(place.accelerator) and torch.cuda.is_available():
         n = torch.cuda.device_count()  # devices: -1 / auto on GPUs
     else:
         n = 1
-    n *= int(trainer.get("num_nodes", 1) or 1)
+    n *= int(place.num_nodes or 1)
     if global_batch % n:
         raise ConfigError(f"loader.global_batch_size={global_batch} does not split evenly over {n} processes "
                           f"(trainer.devices={devices}); choose a multiple of {n}.")
@@ -277,22 +278,23 @@ class Resolved:
     record: dict
 
 
-def resolve_settings(trainer: Mapping[str, Any], loader: Mapping[str, Any], prior: Mapping[str, Any] | None,
+def resolve_settings(place: Placement, loader: LoaderSettings, prior: Mapping[str, Any] | None,
                      stage: str, verbose: bool = True) -> Resolved:
     """The concrete precision and process layout for a run's ``trainer:`` / ``loader:`` settings, and why; changes
     nothing it is given. ``prior``: what an earlier resolution recorded (the tokenizer stage a generator experiment
     derives, lab/stages/generator.py): a value resolved then keeps its recorded reason (idempotent)."""
     record = dict(prior or {})
-    requested = trainer.get("precision", "32-true")
+    requested = place.precision
     if not (record.get("precision_reason") and str(record.get("precision")) == str(requested)):
-        value, why = resolve_precision(requested, trainer.get("accelerator", "cpu"), stage)
+        value, why = resolve_precision(requested, place.accelerator, stage)
         record.update(precision_requested=str(requested), precision=value, precision_reason=why)
-    t_set, l_set, layout_why = resolve_layout(trainer, loader)
+    t_set, l_set, layout_why = resolve_layout(place, loader)
     if layout_why:
-        record.update(devices_requested=str(trainer.get("devices")), layout_reason=layout_why)
+        record.update(devices_requested=str(place.devices), layout_reason=layout_why)
     t_set = {"precision": record["precision"], **t_set}
-    record.update(devices={**trainer, **t_set}.get("devices"), batch_size_per_process={**loader, **l_set}["batch_size"],
-                  **machine_summary())
+    devices = t_set.get("devices", place.devices)
+    record.update(devices=list(devices) if isinstance(devices, tuple) else devices,
+                  batch_size_per_process=l_set.get("batch_size", loader.batch_size), **machine_summary())
     if verbose and os.environ.get("LOCAL_RANK", "0") in ("", "0"):
         print(f"precision: {record['precision_reason']}" + (f"\nlayout: {layout_why}" if layout_why else ""), flush=True)
     return Resolved(t_set, dict(l_set), record)

@@ -3,7 +3,7 @@ from its config are made by lab/config/runs.py with this module's ``NAME_KEYS`` 
 
 A run's name is bookkeeping: it names the run directory (``runs/<experiment>/<name>-<time>-s<seed>``), the end
 summary, TensorBoard's HParams row, ``lab compare``'s rows; it never changes a result, so a resume or a sweep
-may differ in it (``RESUME_IGNORED`` in lab/runtime/runlock.py). The default name is the experiment's own
+may differ in it (``RESUME_IGNORED`` in lab/config/runs.py). The default name is the experiment's own
 (``quickstart``, ``bsq`` for ``tokenizer/bsq``) followed by what this run changes of the experiment's data,
 quantizer, head and generator size (``quickstart-imagefolder``, ``bsq-vq``, ``c2i_fashion-index-size-m``).
 """

@@ -1,4 +1,4 @@
-"""One lock per run, and the comparison of two recorded configs.
+"""One lock per run.
 
 A run is locked by an advisory ``flock`` on ``<run dir>.lock`` beside it (``runs/NAME/.<run-id>.lock``), held by
 rank 0 from the moment the run directory is chosen until the run ends (``run_experiment``) or its process dies:
@@ -6,10 +6,6 @@ the OS releases a ``flock`` with its process, so a lock is never stale and a reu
 its holder. The same lock is a sweep's claim on one of its runs (lab/sweeps/sweep.py), so a ``resume=true`` and a sweep,
 or two of either, never train one run at once. The file records who holds it (PID, process start time, host,
 command) for the message of whoever is refused.
-
-``config_differences`` is what a resume and a sweep's records compare: every key of two recorded configs that
-changes a result (``RESUME_IGNORED`` aside). The checks that use it on a run's whole config are in
-lab/config/runs.py.
 """
 from __future__ import annotations
 
@@ -21,7 +17,7 @@ import sys
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Iterator
 
 from lab.core.registry import ConfigError
 from lab.runtime.files import process_rank
@@ -101,48 +97,3 @@ def released_after() -> Iterator[None]:
     finally:
         for path in set(_HELD) - before:
             unlock(path)
-
-
-# ------------------------------------------------------------------------------------------------ resume
-# Keys that may differ between a run and its resume without changing the result.
-# ("resolved" records the machine and why `auto` settings took their values: the values themselves are compared.)
-# (run_name and tags are bookkeeping: a resume may rename or retag a run, and a sweep's runs are never stale for them.)
-RESUME_IGNORED = ("resume", "run_id", "runs_dir", "resume_allow", "compile", "checkpoint_every_n_steps", "presets",
-                  "sweep", "seeds", "report", "publish", "loader.num_workers", "trainer.enable_progress_bar", "resolved",
-                  "run_name", "tags")
-
-
-# Keys added to base.yaml after runs were recorded, with the default they were added with: a recorded config
-# that lacks one ran with that default (the key did not exist yet), so it is no difference. A key whose default
-# changes behaviour for old runs must not be listed here.
-ADDED_KEYS: dict[str, Any] = {}
-
-
-def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _ignored(key: str, extra: tuple[str, ...] = ()) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in RESUME_IGNORED + tuple(extra))
-
-
-def config_differences(old: Mapping, new: Mapping, allow: tuple[str, ...] = ()) -> list[str]:
-    """``key: old -> new`` for every key that differs between two resolved configs (ignored and allowed keys aside)."""
-    a, b = flatten(old), flatten(new)
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if _ignored(key, allow):
-            continue
-        va, vb = a.get(key, "<unset>"), b.get(key, "<unset>")
-        if key in ADDED_KEYS and "<unset>" in (va, vb) and ADDED_KEYS[key] in (va, vb):
-            continue
-        if va != vb and not (isinstance(va, (int, float)) and isinstance(vb, (int, float)) and float(va) == float(vb)):
-            out.append(f"{key}: {va!r} -> {vb!r}")
-    return out

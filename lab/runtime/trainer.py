@@ -65,26 +65,25 @@ def cpu_load() -> float:
 _CPU_NOTE_SHOWN = [False]
 
 
-def warn_if_cpu_busy(trainer_kw: dict) -> None:
+def warn_if_cpu_busy(accelerator: str) -> None:
     """A note when the CPU is busy before a CPU run: once per command (a generator run builds two Trainers), and by
     rank 0 alone (the other ranks of a multi-process run would each repeat it)."""
     if _CPU_NOTE_SHOWN[0] or process_rank() > 0:
         return
     load = cpu_load()
-    if trainer_kw.get("accelerator", "cpu") == "cpu" and load > 0.75:  # (nan where there is no load average)
+    if str(accelerator) == "cpu" and load > 0.75:  # (nan where there is no load average)
         _CPU_NOTE_SHOWN[0] = True
         print(f"note: the CPU is already busy (1-minute load {load * (os.cpu_count() or 1):.1f} on {os.cpu_count()} cores). Two torch jobs "
               "that each use every core slow each other down several-fold; run one at a time, or give each "
               "OMP_NUM_THREADS=1. Timings of this run will not be comparable to an idle machine's.", flush=True)
 
 
-def share_cpu_threads(trainer_kw: dict) -> int | None:
+def share_cpu_threads(accelerator: str, devices: Any) -> int | None:
     """Several training processes on one CPU (``accelerator: cpu``, ``devices: N``): each takes 1/N of the
     cores for its torch threads, unless OMP_NUM_THREADS says otherwise. Every process would otherwise start
     one thread per core, and N processes oversubscribing the cores run several times slower. Returns the
     thread count set (None: unchanged)."""
-    devices = trainer_kw.get("devices", 1)
-    if trainer_kw.get("accelerator", "cpu") != "cpu" or not isinstance(devices, int) or devices < 2:
+    if str(accelerator) != "cpu" or not isinstance(devices, int) or devices < 2:
         return None
     if os.environ.get("OMP_NUM_THREADS"):
         return None

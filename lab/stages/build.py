@@ -1,5 +1,5 @@
 """Where a config becomes components: the stages build the tokenizer, the transformer, the head and the correction
-here, once, and hand them with the config's typed sections (lab/config/__init__.py ``sections``) to the LightningModules,
+here, once, and hand them with the config's typed sections (lab/config/typed.py ``sections``) to the LightningModules,
 which read no config. Also the way back: a checkpoint's recorded config (``hyper_parameters["cfg"]``) rebuilds its
 module through the same functions (lab/stages/generator.py ``load_tokenizer``, ``load_generator``)."""
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The skeleton every stage shares: its run directory, data module, Trainer, seeds, final metrics and summary.
 
 ``lab/stages/tokenizer.py`` and ``lab/stages/generator.py`` are the two stages built on it; ``lab/stages/run.py``
-picks one from ``stage:``. Only the stages (and the command line) read the whole config: the layers below take
-plain arguments.
+picks one from ``stage:``. The stages, and the layers above them (sweeps, the command line), read the whole config;
+the layers below lab.config take built components, typed sections and plain values.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from lab.runtime.runlock import lock_run
 from lab.runtime.safety import load_checkpoint
 from lab.runtime.signals import TRAINED
 from lab.config.runs import check_resume, new_run_id, read_config, record_resume, run_info, run_name, run_tags
+from lab.config.typed import loader_settings, placement
 from lab.runtime.tracking import build_loggers
 from lab.runtime.tracking import log_final as log_to_loggers
 from lab.runtime.trainer import AtomicCheckpointIO, StepTimer, share_cpu_threads, warn_if_cpu_busy
@@ -42,7 +43,7 @@ def resolve_run_settings(cfg: Any, verbose: bool = True) -> dict:
     changes nothing; this is where a run's config takes them."""
     from omegaconf import open_dict
 
-    r = resolve_settings(to_dict(cfg["trainer"]), to_dict(cfg["loader"]), to_dict(cfg.get("resolved")),
+    r = resolve_settings(placement(cfg["trainer"]), loader_settings(cfg["loader"]), to_dict(cfg.get("resolved")),
                          str(cfg["stage"]), verbose)
     with open_dict(cfg):
         for k, v in r.trainer.items():
@@ -165,10 +166,11 @@ def build_datamodule(cfg: Any) -> ImageDataModule:
 def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) -> pl.Trainer:
     quiet.install()  # known-harmless warnings and Lightning's tips hidden unless --verbose
     trainer_kw = dict(to_dict(cfg["trainer"]))
-    if str(trainer_kw.get("precision")) == "auto":  # a caller that skipped resolve_run_settings: Lightning needs a value
-        trainer_kw["precision"] = resolve_precision("auto", trainer_kw.get("accelerator", "cpu"), str(cfg["stage"]))[0]
-    warn_if_cpu_busy(trainer_kw)
-    share_cpu_threads(trainer_kw)
+    place = placement(trainer_kw)
+    if str(place.precision) == "auto":  # a caller that skipped resolve_run_settings: Lightning needs a value
+        trainer_kw["precision"] = resolve_precision("auto", place.accelerator, str(cfg["stage"]))[0]
+    warn_if_cpu_busy(place.accelerator)
+    share_cpu_threads(place.accelerator, place.devices)
     ckpt_dir = run_dir / "checkpoints"
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                            auto_insert_metric_name=False)

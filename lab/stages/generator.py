@@ -254,10 +254,12 @@ def preflight(cfg: DictConfig) -> None:
         raise ConfigError(f"Unknown generator.size '{size}'.{suggest(str(size), list(LADDER))}")
     width = gen.get("width") or LADDER[size][1]
     latent = to_dict(cfg["tokenizer"]).get("latent_dim", inspect.signature(Tokenizer).parameters["latent_dim"].default)
-    q = build_quantizer(to_dict(cfg["quantizer"]), dim=latent)
-    build_head(to_dict(cfg["head"]), width=width, code_kind=q.code_kind, bits=q.bits, vocab_size=q.vocab_size,
-               levels=getattr(q, "levels", None))
-    check_compatible(build(CORRECTIONS, to_dict(cfg["correction"]), "correction"), q.code_kind, str(cfg["quantizer"]["name"]))
+    with torch.device("meta"):  # the constructors' own checks, with nothing allocated (an index head of 2^20 rows)
+        q = build_quantizer(to_dict(cfg["quantizer"]), dim=latent)
+        build_head(to_dict(cfg["head"]), width=width, code_kind=q.code_kind, bits=q.bits, vocab_size=q.vocab_size,
+                   levels=getattr(q, "levels", None))
+        correction = build(CORRECTIONS, to_dict(cfg["correction"]), "correction")
+    check_compatible(correction, q.code_kind, str(cfg["quantizer"]["name"]))
     if cfg["tokenizer_from"]:
         tokenizer_from(cfg)
 

@@ -80,7 +80,7 @@ def markdown(decisions: Sequence[Decision], results: str = "results") -> str:
         "rerun the command.", "",
         "How a verdict is computed: each contrast is an effect with an interval — a seed-paired t-interval "
         "(case − baseline over the seeds both have), a difference of differences paired by seed (F4), Pearson r "
-        "with a percentile bootstrap over runs, per loss kind (F7), or a least-squares slope (F2). With several "
+        "with a percentile bootstrap of the runs within each model size (over training seeds), per loss kind (F7), or a least-squares slope (F2). With several "
         "contrasts in a finding, p-values are Holm-adjusted over them, and the interval printed is the one the "
         f"verdict used: the t-interval at the level of the contrast's Holm step, 1 − {ALPHA:g} / m (m = k for the "
         "smallest p, as Bonferroni; m = k − r at rank r while Holm rejects, and the m of the step where Holm stops "

@@ -10,7 +10,7 @@ import fnmatch
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from lab.core import stats
 from lab.core.numfmt import fmt_auto
@@ -40,6 +40,7 @@ class Outcome:
     note: str = ""
     sd: float | None = None              # sd of the per-seed contrasts (D is computed from it once k is known)
     points: list[tuple[float, float]] = field(default_factory=list)   # correlation: (x, y) per run
+    groups: list[Any] = field(default_factory=list)   # correlation: each run's sweep point (its model size)
     level: float = 1 - ALPHA             # of the interval ``ci``: the one the verdict used
     interval: str = ""                   # how ``ci`` was adjusted: "Holm", "Bonferroni", "TOST" ("" at 1 - alpha)
     df: float | None = None              # of the t-interval (to move it to Holm's level)
@@ -73,14 +74,15 @@ def _outcomes(c: Contrast, rows: Sequence[Mapping[str, str]], suite: str) -> tup
     if c.kind == "correlation":
         out, why = [], []
         for kind, group in loss_kind_of(rows, suite).items():
-            pts = [(num(r.get(c.other)), num(r.get(c.metric))) for r in group if r.get("status") == "done"]
-            pts = [p for p in pts if p[0] is not None and p[1] is not None]
+            runs = [(num(r.get(c.other)), num(r.get(c.metric)), r.get("point")) for r in group if r.get("status") == "done"]
+            runs = [t for t in runs if t[0] is not None and t[1] is not None]
+            pts = [(t[0], t[1]) for t in runs]
             r = stats.pearson(*zip(*pts)) if len(pts) >= 3 else None
             if r is None:
                 why.append(f"{kind}: r undefined over {len(pts)} runs (fewer than 3, or one variable constant)")
                 continue
             # the interval comes in _decide: its level depends on how many correlations the finding has
-            out.append(Outcome(c, kind, n=len(pts), estimate=r, points=pts))
+            out.append(Outcome(c, kind, n=len(pts), estimate=r, points=pts, groups=[t[2] for t in runs]))
         return out, "; ".join(why)
     out = []
     for g in groups(rows, c.within):
@@ -222,9 +224,11 @@ def _decide(outcomes: list[Outcome]) -> None:
 
         level = 1 - ALPHA / max(1, len(corr))
         xs, ys = zip(*o.points)
-        c = stats.bootstrap_correlation(xs, ys, level=level)
+        c = stats.bootstrap_correlation(xs, ys, level=level, groups=o.groups or None)
         o.ci, o.level, o.interval = c.ci, level, "Bonferroni" if len(corr) > 1 else ""
-        o.note = f"{c.n_boot:,} bootstrap resamples, {100 * level:.4g} % interval (Bonferroni over {len(corr)})"
+        o.note = (f"{c.n_boot:,} bootstrap resamples of the runs within each sweep point (the sizes are the design, "
+                  f"the seeds the randomness), {100 * level:.4g} % interval (Bonferroni over {len(corr)})"
+                  if c.ci is not None else "one run per sweep point: no seed variation to resample, no interval")
         if o.n > 3:  # |r| a test at alpha / k detects with 80 % power (Fisher's z)
             o.d = math.tanh((sps.norm.ppf(1 - ALPHA / len(corr) / 2) + sps.norm.ppf(POWER)) / math.sqrt(o.n - 3))
         if o.ci is not None and (o.ci[0] > 0 or o.ci[1] < 0):

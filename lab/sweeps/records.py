@@ -25,7 +25,7 @@ from typing import Any, Mapping
 from lab.core.registry import ConfigError, to_dict
 from lab.runtime.files import ROOT, read_data
 from lab.runtime.published import TOKENIZER_FILE, sha256_of
-from lab.runtime.runlock import config_differences
+from lab.config.runs import config_differences
 
 RESULTS = ROOT / "results"  # the published results; $BITLAB_RESULTS overrides it (tests, a second checkout)
 # what a record copies from its run (the images only when small; checkpoints never)

@@ -98,8 +98,8 @@ def verdicts_section(suite: DictConfig, rows: Sequence[Mapping], axes: Sequence[
 
 
 def correlations_section(rows: Sequence[Mapping], specs: Sequence[Mapping], head: str | None = None) -> str:
-    """Pearson r with a 95 % percentile bootstrap interval over runs for each ``scatter`` plot of the report, per
-    loss kind: runs of a bitwise head (bit BCE) and of an index head (index cross-entropy) are never pooled, as
+    """Pearson r with a 95 % percentile bootstrap interval (the runs resampled within each sweep point: over seeds)
+    for each ``scatter`` plot of the report, per loss kind: runs of a bitwise head (bit BCE) and of an index head (index cross-entropy) are never pooled, as
     their losses are on different scales (grouped by the ``head.name`` column where the suite sweeps the head,
     else every run has the suite's ``head``). States the sign convention of r."""
     done = [r for r in rows if r.get("status") == "done"]
@@ -115,15 +115,16 @@ def correlations_section(rows: Sequence[Mapping], specs: Sequence[Mapping], head
             continue
         x, y = spec.get("x"), spec.get("y")
         for kind, group in kinds.items():
-            pts = [(as_number(r.get(x)), as_number(r.get(y))) for r in group]
+            pts = [(as_number(r.get(x)), as_number(r.get(y)), r.get("point")) for r in group]
             pts = [p for p in pts if p[0] is not None and p[1] is not None]
-            c = bootstrap_correlation([p[0] for p in pts], [p[1] for p in pts])
+            c = bootstrap_correlation([p[0] for p in pts], [p[1] for p in pts], groups=[p[2] for p in pts])
             if c.r is None:
                 lines.append(f"- {kind}: r({x}, {y}) undefined over {c.n} runs (fewer than 3, or one of them constant).")
             else:
                 ci = f" [{c.ci[0]:.2f}, {c.ci[1]:.2f}]" if c.ci else ""
-                lines.append(f"- {kind}: Pearson r({x}, {y}) = {c.r:.2f}{ci} over {c.n} runs (95 % percentile "
-                             f"bootstrap over runs, {c.n_boot:,} resamples).")
+                how = (f"95 % percentile bootstrap of the runs within each sweep point, {c.n_boot:,} resamples"
+                       if c.ci else "one run per sweep point: no interval over seeds")
+                lines.append(f"- {kind}: Pearson r({x}, {y}) = {c.r:.2f}{ci} over {c.n} runs ({how}).")
         dx, dy = direction(x), direction(y)
         if NEUTRAL not in (dx, dy):
             good = ">" if dx * dy > 0 else "<"
