@@ -33,6 +33,9 @@ from lab.bench.families import bench_families
 from lab.bench.inception import COLUMNS as INCEPTION_COLUMNS
 from lab.bench.inception import NOTES as INCEPTION_NOTES
 from lab.bench.inception import bench_inception
+from lab.bench.attention import COLUMNS as ATTENTION_COLUMNS
+from lab.bench.attention import NOTES as ATTENTION_NOTES
+from lab.bench.attention import bench_attention
 from lab.bench.machine import bench_machine
 from lab.bench.roofline import COLUMNS as ROOFLINE_COLUMNS
 from lab.bench.roofline import NOTES as ROOFLINE_NOTES
@@ -316,4 +319,5 @@ PARTS: dict[str, dict] = {
     "roofline": dict(fn=bench_roofline, columns=ROOFLINE_COLUMNS, notes=ROOFLINE_NOTES),
     "profile": dict(fn=bench_profile, columns=PROFILE_COLUMNS, notes=PROFILE_NOTES),
     "inception": dict(fn=bench_inception, columns=INCEPTION_COLUMNS, notes=INCEPTION_NOTES),
+    "attention": dict(fn=bench_attention, columns=ATTENTION_COLUMNS, notes=ATTENTION_NOTES),
 }

@@ -98,7 +98,7 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="performance figures -> runs/bench/*.json and bench.md")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench"), help="output directory (default runs/bench)")
     p.add_argument("--quick", action="store_true", help="tiny sizes and repeats (for the tests)")
-    p.add_argument("--only", default=None, help="comma-separated parts: quantizers,heads,families,sampling,training,machine,generator_train,roofline,profile,inception")
+    p.add_argument("--only", default=None, help="comma-separated parts: quantizers,heads,families,sampling,training,machine,generator_train,roofline,profile,inception,attention")
     p.add_argument("--mem-budget-gb", dest="mem_budget_gb", type=float, default=8.0,
                    help="skip cases whose estimated memory exceeds this (default 8)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
