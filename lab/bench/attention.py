@@ -9,14 +9,14 @@ picks by itself. ``max |diff|``: the largest output difference of ``ours`` from 
 inputs (bf16 rounding, ~1e-2 at these magnitudes, is the scale to read it against)."""
 from __future__ import annotations
 
-import time
+from dataclasses import replace
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lab.bench.common import Settings, progress, ratio
+from lab.bench.common import Settings, progress, ratio, time_ms
 from lab.models.transformer import LADDER, Transformer, attention
 from lab.runtime.machine import cpu_model, native_bf16
 
@@ -35,25 +35,14 @@ def _block_causal_mask() -> torch.Tensor:
     return Transformer(latent_dim=8, scales=(1, 2, 3, 4, 6, 8), num_classes=10, size="xs").mask
 
 
-def _median_ms(fn, repeats: int, budget: float) -> float:
-    for _ in range(2):
-        fn()
-    times, t0 = [], time.perf_counter()
-    while len(times) < repeats and (not times or time.perf_counter() - t0 < budget):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return 1e3 * times[len(times) // 2]
-
-
 def bench_attention(s: Settings) -> Iterator[dict]:
     mask = _block_causal_mask()
     old = torch.get_num_threads()
     sizes = ("s",) if s.quick else ("xs", "s", "m")
     batches = (4,) if s.quick else (16, 32)
     threads_list = (1,) if s.quick else tuple(sorted({1, min(2, old) if old > 1 else 1, old}))
-    repeats, budget = (3, 0.5) if s.quick else (15, max(2.0, s.max_seconds / 2))
+    timing = (replace(s, repeats=3, max_seconds=0.5) if s.quick
+              else replace(s, repeats=15, max_seconds=max(2.0, s.max_seconds / 2)))
     precisions = ("fp32", "bf16") if native_bf16()[0] else ("fp32",)
     try:
         for size in sizes:
@@ -84,7 +73,7 @@ def bench_attention(s: Settings) -> Iterator[dict]:
                         def ours(a, b_, c):
                             return attention(a, b_, c, mask)
 
-                        ms = {name: _median_ms(lambda fn=fn: step(fn), repeats, budget)
+                        ms = {name: time_ms(lambda fn=fn: step(fn), timing)[0]
                               for name, fn in (("default", default), ("math", math), ("ours", ours))}
                         with torch.no_grad():
                             diff = (ours(*[x.detach() for x in leaves]).float() - ref).abs().max().item()
