@@ -112,7 +112,10 @@ class IndexHead(nn.Module):
         """Per-token loss (B, L)."""
         logits = self(h) if logits is None else logits
         t = self.targets(codes)
-        return F.cross_entropy(logits.transpose(1, 2).float(), t, reduction="none", label_smoothing=self.label_smoothing)
+        # rows (B*L, V), the vocabulary contiguous: on the strided (B, V, L) layout the loss took 2.1x as long (forward
+        # and backward of 4,160 x 4,096 logits, one thread of an AMD EPYC Zen 4)
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), t.flatten(), reduction="none", label_smoothing=self.label_smoothing)
+        return ce.view(t.shape)
 
     def correct(self, logits: Tensor, codes: Tensor) -> Tensor:
         """Per-token accuracy (B, L) in {0,1}: the argmax index equals the target (bit codes packed to their
