@@ -79,6 +79,23 @@ def test_a_suite_continues_from_its_records_with_a_fresh_runs_folder(tmp_experim
     assert "6 of 6 finished" in (results / "report.md").read_text()
 
 
+
+def test_an_invocation_of_some_seeds_reports_the_whole_suite(tmp_experiments, tmp_path, fake_runs):
+    """`seeds=[...]` picks what one invocation trains (pairing runs within a sitting, adding seeds): the published
+    report still covers every seed of the suite, and its command rebuilds that report, not the invocation's slice."""
+    (tmp_experiments / "rec.yaml").write_text(SUITE)
+    results = tmp_path / "results" / "rec"
+    runs = f"runs_dir={tmp_path / 'runs'}"
+    run_sweep("rec", [runs, "seeds=[1]"], publish=results)
+    assert len(fake_runs) == 3 and all(r.endswith("/s1") for r in fake_runs)
+    report = (results / "report.md").read_text()
+    assert "3 of 6 finished" in report and "seeds=" not in report.split("Runs:")[0]
+    run_sweep("rec", [runs, "seeds=[0]"], publish=results)
+    assert "6 of 6 finished" in (results / "report.md").read_text()
+    run_sweep("rec", [runs, "seeds=[2]"], publish=results)  # a seed beyond the YAML's joins the report, named
+    report = (results / "report.md").read_text()
+    assert "9 of 9 finished" in report and "seeds=[0,1,2]" in report.split("Runs:")[0]
+
 def test_shards_are_disjoint_and_cover_the_suite(tmp_experiments, tmp_path, fake_runs):
     (tmp_experiments / "rec.yaml").write_text(SUITE)
     results = tmp_path / "results" / "rec"

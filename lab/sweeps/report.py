@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from lab.core.registry import ConfigError, to_dict
 from lab.sweeps.plan import DEFAULT_METRICS, FAILED, FIXED_COLUMNS, Job, plan
-from lab.config import header_comment
+from lab.config import header_comment, load_experiment
 from lab.core.numfmt import as_number, fmt_duration
 from lab.runtime.files import process_rank, read_data, runs_root
 from lab.config.runs import check_not_stale
@@ -120,11 +120,28 @@ def _evaluation_share(done: Sequence[Mapping], wall: float) -> str:
     return f"; the runs' evaluation (FID/KID, floor and ceiling) took {fmt_duration(total)} of it ({100 * total / wall:.0f} %)"
 
 
+
+def report_overrides(name: str, overrides: Sequence[str] = ()) -> list[str]:
+    """The overrides a suite's report is written with. A ``seeds=`` override picks which seeds one invocation trains
+    (to pair runs within a sitting, or to add seeds); it does not make the suite smaller: the report covers the
+    suite's own seeds and the override's together, and its command rebuilds that whole report."""
+    keep = [o for o in overrides if str(o).split("=", 1)[0].strip().lstrip("+~") != "seeds"]
+    if len(keep) == len(overrides):
+        return list(overrides)
+    own = load_experiment(name, keep, validate=False)
+    picked = load_experiment(name, list(overrides), validate=False)
+    seeds = sorted({int(s) for s in (to_dict(own["seeds"]) or [own["seed"]])}
+                   | {int(s) for s in (to_dict(picked["seeds"]) or [picked["seed"]])})
+    if seeds == sorted(int(s) for s in (to_dict(own["seeds"]) or [own["seed"]])):
+        return keep
+    return keep + [f"seeds=[{','.join(map(str, seeds))}]"]
+
 def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = None,
                  results: Path | None = None) -> Path:
     """results.csv, results.md (report.md when ``out`` is outside the runs) and plots/ for a suite's runs, local and
     published (``results``: the records' folder; default ``out`` when it is outside the runs, else the suite's
     results folder). Finished local runs are published into ``out`` when it is a results folder."""
+    overrides = report_overrides(name, overrides)
     suite, jobs = plan(name, overrides)
     sweep_dir = runs_root(suite["runs_dir"]) / suite["name"]
     out = Path(out) if out is not None else sweep_dir
@@ -151,7 +168,7 @@ def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = No
     if header:
         md += ["> " + line for line in header] + [""]
     md += [
-        f"Command: `{manifest.get('command') or ' '.join(['python -m lab run', suite['name'], *overrides])}`",
+        f"Command: `{' '.join(['python -m lab run', suite['name'], *overrides])}`",
         f"(`make experiment NAME={suite['name']}`{' ' + ' '.join(overrides) if overrides else ''}). Preset `{suite['preset']}`.",
         "",
         f"Runs: {len(done)} of {len(rows)} finished; summed run wall time {fmt_duration(wall)} "
@@ -245,7 +262,8 @@ def check_report(name: str, overrides: Any = (), out: str | Path | None = None, 
     """Before ``python -m lab report``: the suite has runs (a suite that never ran is an error, not an empty
     table), and a report in ``out`` with more finished runs than this one would have is not replaced by it
     unless ``force`` (a published table is never overwritten by less)."""
-    suite, jobs = plan(name, list(overrides))
+    overrides = report_overrides(name, list(overrides))
+    suite, jobs = plan(name, overrides)
     sweep_dir = runs_root(suite["runs_dir"]) / suite["name"]
     command = " ".join(["python -m lab run", suite["name"], *overrides])
     results = Path(results) if results is not None else (Path(out) if out is not None else results_dir(suite["name"]))
