@@ -96,6 +96,46 @@ def test_an_invocation_of_some_seeds_reports_the_whole_suite(tmp_experiments, tm
     report = (results / "report.md").read_text()
     assert "9 of 9 finished" in report and "seeds=[0,1,2]" in report.split("Runs:")[0]
 
+
+def test_a_point_another_suite_published_with_the_same_settings_is_not_retrained(tmp_experiments, tmp_path, fake_runs):
+    """Two suites that share a point (the same settings, seed and preset) train it once: the second takes the first's
+    record as it is, says where it came from, and trains only what differs."""
+    (tmp_experiments / "first.yaml").write_text(SUITE)
+    (tmp_experiments / "second.yaml").write_text(SUITE.replace("[8, 10, 12]", "[10, 14]").replace("bits: 8}", "bits: 10}"))
+    root = tmp_path / "results"
+    run_sweep("first", [f"runs_dir={tmp_path / 'runs'}"], publish=root / "first")
+    fake_runs.clear()
+    run_sweep("second", [f"runs_dir={tmp_path / 'runs_lr'}", "optim.learning_rate=0.0005"], publish=root / "second_lr")
+    assert len(fake_runs) == 4  # another setting (the learning rate): no twin, all trained
+    fake_runs.clear()
+    run_sweep("second", [f"runs_dir={tmp_path / 'runs'}"], publish=root / "second")
+    assert sorted(fake_runs) == ["bits-14/s0", "bits-14/s1"]
+    source = json.loads((root / "second" / "runs" / "bits-10" / "s1" / "source.json").read_text())
+    assert source["reused_from"].endswith("first/runs/bits-10/s1")
+    assert (json.loads((root / "second" / "runs" / "bits-10" / "s1" / "metrics.json").read_text())
+            == json.loads((root / "first" / "runs" / "bits-10" / "s1" / "metrics.json").read_text()))
+    rows = _rows(root / "second" / "results.csv")
+    assert sum(bool(r["reused_from"]) for r in rows) == 2 and {r["status"] for r in rows} == {"done"}
+    assert "2 of them another suite's records" in (root / "second" / "report.md").read_text()
+    fake_runs.clear()  # without --publish nothing is copied: the runs train as before
+    run_sweep("second", [f"runs_dir={tmp_path / 'runs_b'}"])
+    assert len(fake_runs) == 4
+
+
+def test_an_adopted_record_brings_its_tokenizer_and_never_replaces_a_record(tmp_path):
+    from lab.sweeps.records import adopt_record
+    src = tmp_path / "a" / "runs" / "p" / "s0"
+    src.mkdir(parents=True)
+    (src / "config.yaml").write_text("preset: cpu\n")
+    (src / "metrics.json").write_text(json.dumps({"gfid": 50.0, "tokenizer": "/x/runs/_tokenizers/abc123/run"}))
+    (tmp_path / "a" / "tokenizer" / "abc123").mkdir(parents=True)
+    (tmp_path / "a" / "tokenizer" / "abc123" / "tokenizer.json").write_text("{}")
+    dest = adopt_record(src, tmp_path / "b", "p", 0)
+    assert json.loads((dest / "metrics.json").read_text())["gfid"] == 50.0
+    assert (tmp_path / "b" / "tokenizer" / "abc123" / "tokenizer.json").is_file()
+    with pytest.raises(ConfigError, match="not replaced"):
+        adopt_record(src, tmp_path / "b", "p", 0)
+
 def test_shards_are_disjoint_and_cover_the_suite(tmp_experiments, tmp_path, fake_runs):
     (tmp_experiments / "rec.yaml").write_text(SUITE)
     results = tmp_path / "results" / "rec"

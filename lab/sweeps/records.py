@@ -148,6 +148,86 @@ def check_records(jobs: list, results: Path | None) -> dict:
     return out
 
 
+def find_twins(jobs: list, results: Path, skip: set[int]) -> dict[int, Path]:
+    """{job index: record dir} for the jobs (outside ``skip``) whose run another suite has already published with
+    the same settings: a record under a sibling of ``results`` (``results/<other suite>/runs/<point>/s<seed>/``) of
+    the same preset and seed whose config differs from the job's in nothing but the suite's name, as
+    ``record_differences`` compares them (the same test that decides whether a record finishes a job). Two suites
+    that share a point (vocab_vs_model's BSQ-2^16 column and model_scaling's xs and s) thus train it once."""
+    results = Path(results)
+    todo = {i: j for i, j in enumerate(jobs) if i not in skip}
+    if not todo or not results.parent.is_dir():
+        return {}
+    candidates: dict[int, list[Path]] = {}
+    for rec in sorted(results.parent.glob("*/runs/*/s*/metrics.json")):
+        rec = rec.parent
+        if rec.parent.parent.parent.resolve() == results.resolve() or not rec.name[1:].isdigit():
+            continue
+        candidates.setdefault(int(rec.name[1:]), []).append(rec)
+    out, configs = {}, {}
+    for i, job in todo.items():
+        job_cfg = _plain_cfg(job.cfg)
+        for rec in candidates.get(int(job.seed), []):
+            try:
+                rec_cfg = configs[rec] if rec in configs else configs.setdefault(rec, read_yaml(rec / "config.yaml"))
+                read_metrics(rec / "metrics.json")
+            except RecordError:
+                continue  # a malformed record of another suite: that suite's report names it
+            if str(rec_cfg.get("preset")) == str(job_cfg.get("preset")) and not record_differences(rec_cfg, job_cfg):
+                out[i] = rec
+                break
+    return out
+
+
+def adopt_record(src: Path, results: Path, point_label: str, seed: int) -> Path:
+    """Copy another suite's record of the same settings (``find_twins``) into this suite's results as its own record,
+    atomically, with ``source.json`` naming where it came from; the tokenizer it used comes along when that suite
+    published it. Never replaces a record. -> the new record dir."""
+    src, dest = Path(src), record_dir(results, point_label, seed)
+    if (dest / "metrics.json").is_file():
+        raise ConfigError(f"{dest} already holds a record of {point_label} seed {seed}; it is not replaced by {src}.")
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for f in (*RECORD_FILES, *RECORD_IMAGES):
+        if (src / f).is_file():
+            shutil.copy2(src / f, tmp / f)
+    origin = read_data(src / "source.json") if (src / "source.json").is_file() else {}
+    (tmp / "source.json").write_text(json.dumps(
+        {"reused_from": _display(src), **({"run_dir": origin["run_dir"]} if origin.get("run_dir") else {})}, indent=2))
+    if dest.exists():  # a folder without a metrics.json: a half-written record, never a finished one
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    key = Path(str(read_metrics(src / "metrics.json").get("tokenizer") or "")).parent.name
+    theirs, ours = src.parents[2] / "tokenizer" / key, Path(results) / "tokenizer" / key
+    if key and (theirs / "tokenizer.json").is_file() and not (ours / "tokenizer.json").is_file():
+        tmp_t = ours.with_name(f".{ours.name}.tmp{os.getpid()}")
+        if tmp_t.exists():
+            shutil.rmtree(tmp_t)
+        shutil.copytree(theirs, tmp_t)
+        if ours.exists():
+            shutil.rmtree(ours)
+        tmp_t.rename(ours)
+    return dest
+
+
+def reused_from(record: Path) -> str:
+    """Where a record was adopted from (``adopt_record``), or ''."""
+    f = Path(record) / "source.json"
+    try:
+        return str(read_data(f).get("reused_from") or "") if f.is_file() else ""
+    except ConfigError:
+        return ""
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _plain_cfg(cfg: Any) -> dict:
 
     return to_dict(cfg) if not isinstance(cfg, dict) else cfg

@@ -22,7 +22,7 @@ from lab.runtime.files import process_rank, read_data, runs_root
 from lab.config.runs import check_not_stale
 from lab.runtime.files import ROOT
 from lab.sweeps.plots import make_plots
-from lab.sweeps.records import (RecordError, check_records, hardware, publish_jobs, read_metrics,
+from lab.sweeps.records import (RecordError, check_records, hardware, publish_jobs, read_metrics, reused_from,
                                 results_dir)
 from lab.sweeps.report_sections import (correlations_section, floor_ceiling_table, hardware_section, markdown_table,
                                         samples_section, verdicts_section)
@@ -69,6 +69,8 @@ def collect(suite: DictConfig, jobs: Sequence[Job], results: Path | None = None)
                 row["source"] = "local" if source == job.run_dir else "published"
                 if source != job.run_dir:
                     row["run_dir"] = _relative(source)
+                    if origin := reused_from(source):
+                        row["reused_from"] = origin
                 row["hardware"] = hardware(metrics)
                 row.update(flatten_metrics(metrics))
                 value = row.get("gfid", row.get("rfid"))

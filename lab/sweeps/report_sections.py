@@ -146,8 +146,10 @@ def hardware_section(rows: Sequence[Mapping], axes: Sequence[str], baseline: Map
         kinds[str(r.get("hardware"))] = kinds.get(str(r.get("hardware")), 0) + 1
     src = {s: sum(r.get("source") == s for r in done) for s in ("local", "published")}
     lines = ["## Where the runs ran", "",
-             f"{src['local']} run(s) from this machine's runs/, {src['published']} from published records "
-             "(`results.csv` has each run's `source` and `hardware`):", ""]
+             f"{src['local']} run(s) from this machine's runs/, {src['published']} from published records"
+             + (f" ({reused} of them another suite's records of the same settings, taken as they are: "
+                "`reused_from` in `results.csv`)" if (reused := sum(bool(r.get("reused_from")) for r in done)) else "")
+             + " (`results.csv` has each run's `source` and `hardware`):", ""]
     lines += [f"- {k}: {n} run(s)" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])]
     if len(kinds) > 1 and baseline:
         base = [r for r in done if all(str(r.get(a, "")) == str(v) for a, v in baseline.items())]

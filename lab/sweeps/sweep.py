@@ -42,7 +42,8 @@ from lab.stages.preflight import check_run
 from lab.stages import run as stage_run  # run_experiment looked up per call: tests and tools may wrap it
 from lab.sweeps.plan import FAILED, expand, plan
 from lab.core.registry import ConfigError
-from lab.sweeps.records import check_records, publish_run, publish_tokenizer_of, results_dir
+from lab.sweeps.records import (adopt_record, check_records, find_twins, publish_run, publish_tokenizer_of,
+                                results_dir)
 from lab.sweeps.report import check_report, machine, write_report
 from lab.sweeps.shards import shard_jobs
 from lab.train.modules import NonFiniteLossError
@@ -64,6 +65,17 @@ def run_sweep(name: str, overrides: Sequence[str] = (), publish: str | Path | No
         if not (job.run_dir / "metrics.json").is_file() and id(job) not in recorded:
             check_run(job.cfg)
     sweep_dir = runs_root(suite["runs_dir"]) / suite["name"]
+    if publish and process_rank() == 0:  # a point another suite already published with the same settings: not retrained
+        local = {i for i, j in enumerate(all_jobs) if (j.run_dir / "metrics.json").is_file()}
+        twins = find_twins(all_jobs, results, set(published) | local)
+        for i, src in twins.items():
+            published[i] = adopt_record(src, results, all_jobs[i].point.label, all_jobs[i].seed)
+        recorded = {id(all_jobs[i]) for i in published}
+        if twins:
+            print(f"[sweep {suite['name']}] {len(twins)} run(s) taken from another suite's published records of the "
+                  "same settings (their source.json says which): "
+                  + ", ".join(f"{all_jobs[i].point.label}/s{all_jobs[i].seed} <- {src.parents[2].name}"
+                              for i, src in sorted(twins.items())), flush=True)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
         "suite": suite["name"], "overrides": list(overrides), "preset": suite["preset"],
