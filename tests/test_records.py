@@ -120,6 +120,28 @@ def test_a_point_another_suite_published_with_the_same_settings_is_not_retrained
     fake_runs.clear()  # without --publish nothing is copied: the runs train as before
     run_sweep("second", [f"runs_dir={tmp_path / 'runs_b'}"])
     assert len(fake_runs) == 4
+    fake_runs.clear()  # the suite's own records published elsewhere are not another suite's: a rerun retrains
+    run_sweep("first", [f"runs_dir={tmp_path / 'runs_c'}"], publish=root / "first_again")
+    assert len(fake_runs) == 6
+
+
+def test_odd_or_malformed_records_of_other_suites_are_passed_over(tmp_experiments, tmp_path, fake_runs):
+    (tmp_experiments / "first.yaml").write_text(SUITE)
+    (tmp_experiments / "second.yaml").write_text(SUITE)
+    root = tmp_path / "results"
+    run_sweep("first", [f"runs_dir={tmp_path / 'runs'}"], publish=root / "first")
+    good = root / "first" / "runs" / "bits-10" / "s0"
+    for odd in ("s\u00b2", "sfoo", "s-1"):  # names no seed has: never read as one
+        (good.parent / odd).mkdir()
+        for f in ("config.yaml", "metrics.json"):
+            (good.parent / odd / f).write_text((good / f).read_text())
+    (good / "source.json").write_text("{not json")  # a malformed provenance: the record is still taken
+    (root / "first" / "runs" / "bits-12" / "s1" / "metrics.json").write_text("{broken")  # not taken, trained
+    fake_runs.clear()
+    run_sweep("second", [f"runs_dir={tmp_path / 'runs'}"], publish=root / "second")
+    assert fake_runs == ["bits-12/s1"]
+    assert json.loads((root / "second" / "runs" / "bits-10" / "s0" / "source.json").read_text())["reused_from"]
+    assert not list((root / "second" / "runs").glob("*/.*tmp*"))
 
 
 def test_an_adopted_record_brings_its_tokenizer_and_never_replaces_a_record(tmp_path):
@@ -133,6 +155,8 @@ def test_an_adopted_record_brings_its_tokenizer_and_never_replaces_a_record(tmp_
     dest = adopt_record(src, tmp_path / "b", "p", 0)
     assert json.loads((dest / "metrics.json").read_text())["gfid"] == 50.0
     assert (tmp_path / "b" / "tokenizer" / "abc123" / "tokenizer.json").is_file()
+    assert adopt_record(src, tmp_path / "b", "p", 0) == dest  # the same record again: adopted meanwhile, kept
+    (src / "metrics.json").write_text(json.dumps({"gfid": 51.0}))
     with pytest.raises(ConfigError, match="not replaced"):
         adopt_record(src, tmp_path / "b", "p", 0)
 

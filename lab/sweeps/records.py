@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -161,18 +162,21 @@ def find_twins(jobs: list, results: Path, skip: set[int]) -> dict[int, Path]:
     candidates: dict[int, list[Path]] = {}
     for rec in sorted(results.parent.glob("*/runs/*/s*/metrics.json")):
         rec = rec.parent
-        if rec.parent.parent.parent.resolve() == results.resolve() or not rec.name[1:].isdigit():
-            continue
-        candidates.setdefault(int(rec.name[1:]), []).append(rec)
+        seed = re.fullmatch(r"s([0-9]{1,9})", rec.name)
+        if seed and rec.parent.parent.parent.resolve() != results.resolve():
+            candidates.setdefault(int(seed.group(1)), []).append(rec)
     out, configs = {}, {}
     for i, job in todo.items():
         job_cfg = _plain_cfg(job.cfg)
+        suite = str(job_cfg.get("name", "")).rsplit("/", 1)[0]
         for rec in candidates.get(int(job.seed), []):
             try:
                 rec_cfg = configs[rec] if rec in configs else configs.setdefault(rec, read_yaml(rec / "config.yaml"))
                 read_metrics(rec / "metrics.json")
             except RecordError:
                 continue  # a malformed record of another suite: that suite's report names it
+            if str(rec_cfg.get("name", "")).rsplit("/", 1)[0] == suite:
+                continue  # this suite's own record published elsewhere (another folder, a rerun on other hardware)
             if str(rec_cfg.get("preset")) == str(job_cfg.get("preset")) and not record_differences(rec_cfg, job_cfg):
                 out[i] = rec
                 break
@@ -185,32 +189,51 @@ def adopt_record(src: Path, results: Path, point_label: str, seed: int) -> Path:
     published it. Never replaces a record. -> the new record dir."""
     src, dest = Path(src), record_dir(results, point_label, seed)
     if (dest / "metrics.json").is_file():
+        if _same_record(dest, src):
+            return dest  # adopted meanwhile by another invocation
         raise ConfigError(f"{dest} already holds a record of {point_label} seed {seed}; it is not replaced by {src}.")
+    try:  # the tokenizer first: a record in place means a finished job, its tokenizer included
+        key = Path(str(read_metrics(src / "metrics.json").get("tokenizer") or "")).parent.name
+    except RecordError:
+        key = ""
+    theirs, ours = src.parents[2] / "tokenizer" / key, Path(results) / "tokenizer" / key
+    if key and (theirs / "tokenizer.json").is_file() and not (ours / "tokenizer.json").is_file():
+        _copy_into_place(lambda tmp: shutil.copytree(theirs, tmp), ours, lambda: (ours / "tokenizer.json").is_file())
+    try:
+        origin = read_data(src / "source.json") if (src / "source.json").is_file() else {}
+    except ConfigError:
+        origin = {}
+    source = {"reused_from": _display(src), **({"run_dir": str(origin["run_dir"])} if origin.get("run_dir") else {})}
+
+    def fill(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        for f in (*RECORD_FILES, *RECORD_IMAGES):
+            if (src / f).is_file():
+                shutil.copy2(src / f, tmp / f)
+        (tmp / "source.json").write_text(json.dumps(source, indent=2))
+
+    _copy_into_place(fill, dest, lambda: (dest / "metrics.json").is_file())
+    return dest
+
+
+def _copy_into_place(fill, dest: Path, done) -> None:
+    """Fill a temp folder beside ``dest`` and rename it into place; when another process put a finished one there
+    first (``done()``), keep theirs. A folder at ``dest`` that is not finished (a half-written copy) is replaced."""
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for f in (*RECORD_FILES, *RECORD_IMAGES):
-        if (src / f).is_file():
-            shutil.copy2(src / f, tmp / f)
-    origin = read_data(src / "source.json") if (src / "source.json").is_file() else {}
-    (tmp / "source.json").write_text(json.dumps(
-        {"reused_from": _display(src), **({"run_dir": origin["run_dir"]} if origin.get("run_dir") else {})}, indent=2))
-    if dest.exists():  # a folder without a metrics.json: a half-written record, never a finished one
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    key = Path(str(read_metrics(src / "metrics.json").get("tokenizer") or "")).parent.name
-    theirs, ours = src.parents[2] / "tokenizer" / key, Path(results) / "tokenizer" / key
-    if key and (theirs / "tokenizer.json").is_file() and not (ours / "tokenizer.json").is_file():
-        tmp_t = ours.with_name(f".{ours.name}.tmp{os.getpid()}")
-        if tmp_t.exists():
-            shutil.rmtree(tmp_t)
-        shutil.copytree(theirs, tmp_t)
-        if ours.exists():
-            shutil.rmtree(ours)
-        tmp_t.rename(ours)
-    return dest
-
+    try:
+        fill(tmp)
+        if dest.exists() and not done():
+            shutil.rmtree(dest, ignore_errors=True)
+        if not done():
+            tmp.rename(dest)
+    except OSError:
+        if not done():
+            raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 def reused_from(record: Path) -> str:
     """Where a record was adopted from (``adopt_record``), or ''."""

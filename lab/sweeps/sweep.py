@@ -44,7 +44,7 @@ from lab.sweeps.plan import FAILED, expand, plan
 from lab.core.registry import ConfigError
 from lab.sweeps.records import (adopt_record, check_records, find_twins, publish_run, publish_tokenizer_of,
                                 results_dir)
-from lab.sweeps.report import check_report, machine, write_report
+from lab.sweeps.report import check_report, machine, report_overrides, write_report
 from lab.sweeps.shards import shard_jobs
 from lab.train.modules import NonFiniteLossError
 from lab.core.registry import to_dict
@@ -60,22 +60,26 @@ def run_sweep(name: str, overrides: Sequence[str] = (), publish: str | Path | No
     results = Path(publish) if publish else results_dir(suite["name"])
     published = check_records(all_jobs, results)  # a record of other settings: an error, before anything is written
     recorded = {id(all_jobs[i]) for i in published}
+    if (view := report_overrides(name, overrides)) != list(overrides):  # the report covers the suite's other seeds
+        check_records(plan(name, view)[1], results)  # too: their records are checked now, not after the training
     jobs = shard_jobs(all_jobs, shard)
-    for job in jobs:  # every point's checks that need no training (lab/stages/preflight.py), before any is trained
-        if not (job.run_dir / "metrics.json").is_file() and id(job) not in recorded:
+    mine = {id(j) for j in jobs}
+    twins: dict[int, Path] = {}
+    if publish and process_rank() == 0:  # a point another suite already published with the same settings: not retrained
+        twins = find_twins(all_jobs, results, {i for i, j in enumerate(all_jobs)  # this shard's, not started here
+                                               if id(j) not in mine or i in published or j.run_dir.exists()})
+    for i, job in enumerate(all_jobs):  # every point's checks that need no training (lab/stages/preflight.py)
+        if id(job) in mine and i not in twins and not (job.run_dir / "metrics.json").is_file() and id(job) not in recorded:
             check_run(job.cfg)
     sweep_dir = runs_root(suite["runs_dir"]) / suite["name"]
-    if publish and process_rank() == 0:  # a point another suite already published with the same settings: not retrained
-        local = {i for i, j in enumerate(all_jobs) if (j.run_dir / "metrics.json").is_file()}
-        twins = find_twins(all_jobs, results, set(published) | local)
-        for i, src in twins.items():
-            published[i] = adopt_record(src, results, all_jobs[i].point.label, all_jobs[i].seed)
-        recorded = {id(all_jobs[i]) for i in published}
-        if twins:
-            print(f"[sweep {suite['name']}] {len(twins)} run(s) taken from another suite's published records of the "
-                  "same settings (their source.json says which): "
-                  + ", ".join(f"{all_jobs[i].point.label}/s{all_jobs[i].seed} <- {src.parents[2].name}"
-                              for i, src in sorted(twins.items())), flush=True)
+    for i, src in twins.items():
+        published[i] = adopt_record(src, results, all_jobs[i].point.label, all_jobs[i].seed)
+    recorded = {id(all_jobs[i]) for i in published}
+    if twins:
+        print(f"[sweep {suite['name']}] {len(twins)} run(s) taken from another suite's published records of the same "
+              "settings (their source.json says which): "
+              + ", ".join(f"{all_jobs[i].point.label}/s{all_jobs[i].seed} <- {src.parents[2].name}"
+                          for i, src in sorted(twins.items())), flush=True)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
         "suite": suite["name"], "overrides": list(overrides), "preset": suite["preset"],
