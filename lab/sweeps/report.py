@@ -130,13 +130,12 @@ def report_overrides(name: str, overrides: Sequence[str] = ()) -> list[str]:
     keep = [o for o in overrides if str(o).split("=", 1)[0].strip().lstrip("+~") != "seeds"]
     if len(keep) == len(overrides):
         return list(overrides)
-    own = load_experiment(name, keep, validate=False)
-    picked = load_experiment(name, list(overrides), validate=False)
-    seeds = sorted({int(s) for s in (to_dict(own["seeds"]) or [own["seed"]])}
-                   | {int(s) for s in (to_dict(picked["seeds"]) or [picked["seed"]])})
-    if seeds == sorted(int(s) for s in (to_dict(own["seeds"]) or [own["seed"]])):
-        return keep
-    return keep + [f"seeds=[{','.join(map(str, seeds))}]"]
+    def seeds_of(cfg: DictConfig) -> set[int]:
+        return {int(s) for s in (to_dict(cfg["seeds"]) or [cfg["seed"]])}
+
+    own = seeds_of(load_experiment(name, keep, validate=False))
+    seeds = sorted(own | seeds_of(load_experiment(name, list(overrides), validate=False)))
+    return keep if set(seeds) == own else keep + [f"seeds=[{','.join(map(str, seeds))}]"]
 
 def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = None,
                  results: Path | None = None) -> Path:
