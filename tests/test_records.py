@@ -335,3 +335,23 @@ def test_records_of_another_preset_are_neither_counted_nor_an_error(tmp_experime
     write_report("rec", smoke, out=tmp_path / "rep", results=results)
     rows = _rows(tmp_path / "rep" / "results.csv")
     assert {r["source"] for r in rows} == {"local"} and len(rows) == 3
+
+
+def test_mixed_hardware_is_flagged_against_the_baseline_the_case_pairs_with():
+    """Each case pairs with the baseline of its own other axes (bsq bitwise with bsq index): a run of the vq index
+    on another machine must not flag the bsq contrasts, and does flag the vq one."""
+    from lab.sweeps.report_sections import hardware_section
+
+    def row(q, head, seed, cpu, prec="bf16-mixed"):
+        return dict(point=f"{q}_head-{head}", quantizer=q, head=head, seed=seed, status="done", source="published",
+                    cpu=cpu, precision=prec, hardware=f"{cpu} · {prec}")
+
+    zen4, zen3 = "AMD EPYC (family 25 model 17)", "AMD EPYC (family 25 model 1)"
+    rows = [row("bsq", h, s, zen4) for h in ("index", "bitwise") for s in (0, 1)]
+    rows += [row("vq", "bitwise", s, zen4) for s in (0, 1)] + [row("vq", "index", 0, zen4), row("vq", "index", 1, zen3, "32-true")]
+    text = hardware_section(rows, ["quantizer", "head"], {"head": "index"})
+    assert "**Mixed hardware**" in text
+    flagged = text.split("**Mixed hardware**: the contrasts of ")[1].split(" against")[0]
+    assert flagged == "vq_head-bitwise"
+    same = [r for r in rows if not (r["quantizer"] == "vq" and r["seed"] == 1 and r["head"] == "index")]
+    assert "Mixed hardware" not in hardware_section(same, ["quantizer", "head"], {"head": "index"})

@@ -154,10 +154,12 @@ def hardware_section(rows: Sequence[Mapping], axes: Sequence[str], baseline: Map
     if len(kinds) > 1 and baseline:
         base = [r for r in done if all(str(r.get(a, "")) == str(v) for a, v in baseline.items())]
         flagged = []
+        others = [a for a in axes if a not in baseline]  # a case pairs with the baseline of its own other axes
         for point, group in group_rows(done).items():
             if group and group[0] in base:
                 continue
-            mixed = {hardware_kind(r) for r in list(group) + base}
+            own = [b for b in base if all(str(b.get(a, "")) == str(group[0].get(a, "")) for a in others)]
+            mixed = {hardware_kind(r) for r in list(group) + own}
             if len(mixed) > 1:
                 flagged.append(point)
         if flagged:
