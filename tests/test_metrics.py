@@ -318,7 +318,11 @@ def test_inception_features_in_channels_last_are_the_same_features():
     from lab.metrics.fid import InceptionFeatures
 
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    a = InceptionFeatures()(x)
+    a = InceptionFeatures(channels_last=False)(x)
     b = InceptionFeatures(channels_last=True)(x)
     assert a.shape == b.shape == (4, 2048) and b.is_contiguous()
     assert torch.allclose(a, b, atol=1e-3, rtol=1e-3), (a - b).abs().max()
+    default = InceptionFeatures()  # on a CPU the default is the channels_last graph input (measured faster)
+    assert default._to_input(x).is_contiguous(memory_format=torch.channels_last)
+    assert not InceptionFeatures(channels_last=False)._to_input(x).is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(default(x), b)

@@ -1,11 +1,12 @@
 """``make bench`` part ``inception``: the evaluation's Inception features (lab/metrics/fid.py ``InceptionFeatures``)
-per second at each batch size, thread count and memory layout, against the path runs use today.
+per second at each batch size, thread count and memory layout, against the contiguous layout at batch 64.
 
 A suite's first evaluation on a machine computes 5,000 reference images' features and every run computes those of
 its N generated images, its floor and its ceiling, so Inception's images/s is most of an evaluation's time. Each
 case feeds the same 32x32 images (the datasets' size: the 299x299 resize is part of the cost) through the frozen
 TorchScript graph; ``channels_last`` hands the graph its resized batch in that layout (oneDNN's preferred one for
-CPU convolutions; ``InceptionFeatures(channels_last=True)``); ``max |diff|`` is the largest feature difference from the default path on the same images (the
+CPU convolutions; what runs use on a CPU since this part measured it faster on a Zen 4 and a Zen 3); ``max |diff|``
+is the largest feature difference from the contiguous path on the same images (the
 features of a layout change only by the convolutions' summation order)."""
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ COLUMNS = [("threads", "threads", "i"), ("batch", "batch", "i"), ("layout", "lay
            ("images_per_s", "images/s", "f"), ("images", "images timed", "i"), ("vs_default", "x default", "x"),
            ("max_diff", "max |diff|", "f"), ("cpu", "CPU", "s")]
 NOTES = ["Inception-v3 pool3 features of 32x32 images (resized to 299x299 inside, as for every FID/KID here), fp32, "
-         "no autograd, on the CPU. x default: images/s over the path runs use (the process's threads, batch 64 as for "
-         "the reference, floor and ceiling, contiguous; --quick: its first row) measured in the same part; max |diff|: the largest feature difference from that path on the same images (features are "
+         "no autograd, on the CPU. x default: images/s over the contiguous layout at the process's threads and batch 64 "
+         "(the reference, floor and ceiling's batch; runs use channels_last on a CPU; --quick: its first row) measured in the same part; max |diff|: the largest feature difference from that path on the same images (features are "
          "O(1); FID's noise floor, results/eval_noise, is orders of magnitude above what such a difference moves).",
          "Every case times whole batches, after a warm-up batch, until it has spent its budget or its images (at "
          "least one batch)."]
