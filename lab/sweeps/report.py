@@ -137,6 +137,7 @@ def report_overrides(name: str, overrides: Sequence[str] = ()) -> list[str]:
     seeds = sorted(own | seeds_of(load_experiment(name, list(overrides), validate=False)))
     return keep if set(seeds) == own else keep + [f"seeds=[{','.join(map(str, seeds))}]"]
 
+
 def write_report(name: str, overrides: Sequence[str] = (), out: Path | None = None,
                  results: Path | None = None) -> Path:
     """results.csv, results.md (report.md when ``out`` is outside the runs) and plots/ for a suite's runs, local and

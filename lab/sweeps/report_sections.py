@@ -15,7 +15,7 @@ from lab.core.stats import HIGHER, LOWER, NEUTRAL, bootstrap_correlation, direct
 from lab.sweeps.findings_data import LOSS_KINDS
 from lab.sweeps.plan import Job
 from lab.sweeps.records import check_records, hardware_kind
-from lab.sweeps.verdicts import DEFAULT_VERDICT_METRICS, comparisons, markdown, parse_baseline
+from lab.sweeps.verdicts import DEFAULT_VERDICT_METRICS, baseline_of, comparisons, markdown, parse_baseline
 
 
 def group_rows(rows: Sequence[Mapping]) -> dict[str, list[Mapping]]:
@@ -152,16 +152,9 @@ def hardware_section(rows: Sequence[Mapping], axes: Sequence[str], baseline: Map
              + " (`results.csv` has each run's `source` and `hardware`):", ""]
     lines += [f"- {k}: {n} run(s)" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])]
     if len(kinds) > 1 and baseline:
-        base = [r for r in done if all(str(r.get(a, "")) == str(v) for a, v in baseline.items())]
-        flagged = []
-        others = [a for a in axes if a not in baseline]  # a case pairs with the baseline of its own other axes
-        for point, group in group_rows(done).items():
-            if group and group[0] in base:
-                continue
-            own = [b for b in base if all(str(b.get(a, "")) == str(group[0].get(a, "")) for a in others)]
-            mixed = {hardware_kind(r) for r in list(group) + own}
-            if len(mixed) > 1:
-                flagged.append(point)
+        groups = group_rows(done)  # each case against the baseline point the verdicts pair it with
+        flagged = [point for point, base in baseline_of(done, axes, baseline).items()
+                   if len({hardware_kind(r) for r in groups[point] + groups[base]}) > 1]
         if flagged:
             lines += ["", f"**Mixed hardware**: the contrasts of {', '.join(flagged)} against the baseline pair runs "
                       "made on different hardware or precision; read their verdicts with that in mind, or rerun "

@@ -83,17 +83,18 @@ def _value(row: Mapping, metric: str) -> float | None:
     return as_number(row.get(metric))
 
 
-def comparisons(rows: Sequence[Mapping], axes: Sequence[str], baseline: Mapping[str, str], metrics: Sequence[str],
-                directions: Mapping[str, str] | None = None, alpha: float = ALPHA) -> list[MetricVerdicts]:
-    """The verdicts of every point against its baseline point, per metric (Holm over that metric's comparisons).
-
-    ``rows``: results.csv rows (``point``, ``seed``, ``status``, the axis columns, the metrics); ``axes``: the
-    sweep's columns; ``baseline``: from ``parse_baseline``. Runs that are not ``done`` or lack the metric are left
-    out, so their seed counts as dropped from its pair."""
-    free = [a for a in axes if a not in baseline]
+def _points(rows: Sequence[Mapping], axes: Sequence[str]) -> dict[str, dict[str, str]]:
+    """{point label: its axis values} of results rows, in their order."""
     points: dict[str, dict[str, str]] = {}
     for r in rows:
         points.setdefault(str(r["point"]), {a: short_value(r.get(a, "")) for a in axes})
+    return points
+
+
+def baseline_of(rows: Sequence[Mapping], axes: Sequence[str], baseline: Mapping[str, str]) -> dict[str, str]:
+    """{point: the baseline point it is compared with}: the point with the baseline's values on the axes it fixes
+    and the case's own on the others (points that are a baseline, or have none in the grid, are left out)."""
+    points = _points(rows, axes)
     base_of: dict[str, str] = {}
     for label, vals in points.items():
         if all(vals[a] == v for a, v in baseline.items()):
@@ -102,6 +103,19 @@ def comparisons(rows: Sequence[Mapping], axes: Sequence[str], baseline: Mapping[
         match = [lb for lb, vv in points.items() if vv == target]
         if match:
             base_of[label] = match[0]
+    return base_of
+
+
+def comparisons(rows: Sequence[Mapping], axes: Sequence[str], baseline: Mapping[str, str], metrics: Sequence[str],
+                directions: Mapping[str, str] | None = None, alpha: float = ALPHA) -> list[MetricVerdicts]:
+    """The verdicts of every point against its baseline point, per metric (Holm over that metric's comparisons).
+
+    ``rows``: results.csv rows (``point``, ``seed``, ``status``, the axis columns, the metrics); ``axes``: the
+    sweep's columns; ``baseline``: from ``parse_baseline``. Runs that are not ``done`` or lack the metric are left
+    out, so their seed counts as dropped from its pair."""
+    free = [a for a in axes if a not in baseline]
+    points = _points(rows, axes)
+    base_of = baseline_of(rows, axes, baseline)
     out = []
     for metric in metrics:
         per_point: dict[str, dict[int, float]] = {label: {} for label in points}
