@@ -161,6 +161,22 @@ def test_vq_fast_inference_lookup_equals_the_library(key):
     assert torch.equal(q._nearest(z, rows=7).codes, index)  # chunking changes nothing
 
 
+def test_vq_dead_code_threshold_counts_hits_as_the_published_runs_assume():
+    """VQ(dead_code_threshold=1.0) re-seeds a code whose EMA usage is below one hit, whatever the other codes'
+    usage. vector-quantize-pytorch 1.34 reads the same argument as a ratio of the mean usage (here 1/64 of it), which
+    keeps such a code and silently changes every VQ run: pyproject pins the library below 1.34; this fails on it."""
+    torch.manual_seed(0)
+    q = build_quantizer({"name": "vq", "codebook_size": 64, "code_dim": 4, "kmeans_init": False}, dim=4)
+    q.train()
+    cb = q.vq._codebook
+    cb.cluster_size.data.fill_(10.0)
+    cb.cluster_size.data[..., 0] = 0.5  # below one hit: dead under an absolute threshold, alive under the ratio
+    before = cb.embed.data.clone()
+    cb.expire_codes_(torch.randn(1, 32, 4))
+    assert not torch.equal(cb.embed.data[..., 0, :], before[..., 0, :]), "a code under one hit was not re-seeded"
+    assert torch.equal(cb.embed.data[..., 1:, :], before[..., 1:, :])
+
+
 def _bsq_grads(sync: bool, shard: tuple[int, int] | None = None) -> dict:
     """Loss gradients and diversity-term entropies of a BSQ alone and inside a MultiScaleQuantizer, on all 8
     images or on shard (rank, world) of them (then the gradients are averaged over processes, as DDP does)."""
