@@ -124,6 +124,10 @@ def test_resolved_precision_is_written_to_the_config(monkeypatch, fresh_probe, t
         assert saved["resolved"]["precision_requested"] == "auto"
         assert saved["resolved"]["precision_reason"].startswith(expected)
         assert machine.metrics_record(cfg["resolved"])["precision"] == expected
+        # and which libraries computed the numbers: the installed versions, in config.yaml and metrics.json
+        from importlib.metadata import version
+        assert saved["resolved"]["versions"]["vector-quantize-pytorch"] == version("vector-quantize-pytorch")
+        assert machine.metrics_record(cfg["resolved"])["versions"]["torch"] == version("torch")
 
 
 def test_auto_that_resolves_to_fp32_keeps_the_fp32_tokenizer_cache_key(monkeypatch, fresh_probe):

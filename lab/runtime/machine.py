@@ -97,11 +97,28 @@ def native_bf16() -> tuple[bool, str]:
     return ok, "oneDNN bf16" if ok else f"{cpu_capability()}, no native bf16"
 
 
+# The libraries whose arithmetic a run's numbers depend on (a new release can change them: vector-quantize-pytorch
+# 1.34 changed what its dead-code threshold means), recorded beside the CPU in every run's record and metrics.
+VERSIONED = ("torch", "pytorch-lightning", "vector-quantize-pytorch", "torchmetrics", "numpy", "scipy", "lpips")
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in VERSIONED:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 def machine_summary() -> dict:
-    """What the bench tables and run records say about the CPU."""
+    """What the bench tables and run records say about the CPU and the libraries."""
     ok, which = native_bf16()
     return {"cpu": cpu_model(), "cpu_capability": cpu_capability(), "native_bf16": ok, "native_bf16_units": which,
-            "cpu_cores": usable_cores()}
+            "cpu_cores": usable_cores(), "versions": library_versions()}
 
 
 def usable_cores() -> int:
@@ -304,5 +321,5 @@ def metrics_record(resolved: Mapping[str, Any] | None) -> dict:
     """The keys of a run's ``resolved:`` record (``Resolved.record``) that metrics.json repeats."""
     r = dict(resolved or {})
     keys = ("precision", "precision_reason", "devices", "batch_size_per_process", "layout_reason", "cpu",
-            "cpu_capability", "native_bf16")
+            "cpu_capability", "native_bf16", "versions")
     return {k: r[k] for k in keys if k in r}
