@@ -11,7 +11,9 @@ def test_cpu_kinds_of_the_machines_seen():
     assert cpu_kind("AMD EPYC (family 25 model 17)") == "Zen 4"
     assert cpu_kind("AMD EPYC 7763 64-Core Processor (family 25 model 1)") == "Zen 3"
     assert cpu_kind("AMD EPYC (family 26 model 2)") == "Zen 5"
-    assert cpu_kind("Intel(R) Xeon(R) Platinum 8481C (family 6 model 143)").startswith("Intel")  # kept as recorded
+    assert cpu_kind("Intel(R) Xeon(R) Processor @ 2.80GHz (family 6 model 106)") == "Ice Lake"
+    assert cpu_kind("Intel(R) Xeon(R) Platinum 8481C (family 6 model 143)") == "Sapphire Rapids"
+    assert cpu_kind("Intel(R) Core(TM) i7 (family 6 model 1)").startswith("Intel")  # unknown: kept as recorded
     assert cpu_kind("") == "an unrecorded CPU"
 
 

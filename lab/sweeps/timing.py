@@ -25,13 +25,21 @@ _AMD = {
 }
 
 
+# Intel family 6 server models -> microarchitecture (the cloud machines' Xeons).
+_INTEL6 = {85: "Cascade Lake", 106: "Ice Lake", 108: "Ice Lake", 143: "Sapphire Rapids", 207: "Emerald Rapids",
+           173: "Granite Rapids"}
+
+
 def cpu_kind(cpu: str) -> str:
-    """``AMD EPYC (family 25 model 17)`` -> ``Zen 4``; a CPU this table does not know keeps its recorded name."""
+    """``AMD EPYC (family 25 model 17)`` -> ``Zen 4``, ``Intel(R) Xeon(R) ... (family 6 model 106)`` -> ``Ice Lake``;
+    a CPU these tables do not know keeps its recorded name."""
     m = re.search(r"family (\d+) model (\d+)", cpu or "")
     if m and "AMD" in cpu:
         for models, kind in _AMD.get(int(m.group(1)), ()):
             if int(m.group(2)) in models:
                 return kind
+    if m and "Intel" in cpu and int(m.group(1)) == 6 and int(m.group(2)) in _INTEL6:
+        return _INTEL6[int(m.group(2))]
     return cpu or "an unrecorded CPU"
 
 
