@@ -223,7 +223,7 @@ def cli_sample_args(run: Path, **kw):
 def test_the_busy_cpu_note_prints_once_and_on_rank_zero_only(capsys, monkeypatch):
     from lab.runtime import trainer
 
-    monkeypatch.setattr(trainer, "cpu_load", lambda: 5.0)
+    monkeypatch.setattr(trainer, "others_cpu_busy", lambda: 5.0)
     monkeypatch.setattr(trainer, "_CPU_NOTE_SHOWN", [False])
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.delenv("RANK", raising=False)
@@ -233,6 +233,47 @@ def test_the_busy_cpu_note_prints_once_and_on_rank_zero_only(capsys, monkeypatch
     trainer.warn_if_cpu_busy("cpu")
     trainer.warn_if_cpu_busy("cpu")  # the generator stage's second Trainer
     assert capsys.readouterr().out.count("CPU is already busy") == 1
+
+
+def test_the_busy_cpu_note_counts_other_processes_not_this_ones_own_work(capsys, monkeypatch):
+    """The note is about sharing the cores: this process's own work (a suite's previous run, the tokenizer stage
+    before a generator's) must not trigger it, as the load average did; another process spinning must."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from lab.runtime import trainer
+
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    try:
+        total, others = trainer.cpu_busy(1.0)
+    finally:
+        stop.set()
+        worker.join()
+    assert total - others > 0.6, (total, others)  # the spinning thread (about one core) is subtracted as its own
+
+    spin_s = "import time\nt = time.time() + 4\nwhile time.time() < t: pass"
+    procs = [subprocess.Popen([sys.executable, "-c", spin_s]) for _ in range(os.cpu_count() or 1)]  # one a core
+    try:
+        time.sleep(0.3)
+        assert trainer.others_cpu_busy(1.0) > 0.6
+        monkeypatch.setattr(trainer, "_CPU_NOTE_SHOWN", [False])
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        trainer.warn_if_cpu_busy("cpu")
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert "other processes keep" in capsys.readouterr().out
 
 
 def test_sigterm_during_the_final_evaluation_says_training_finished(tmp_path, monkeypatch):

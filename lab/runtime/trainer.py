@@ -62,18 +62,53 @@ def cpu_load() -> float:
         return float("nan")
 
 
+def _cpu_ticks() -> tuple[int, int, int]:
+    """(busy ticks of every core, all ticks of every core, this process's own CPU ticks, every thread) from /proc."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = f[0] + f[1] + f[2] + sum(f[5:8])  # user nice system irq softirq steal (not idle, iowait; guest is in user)
+    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return busy, sum(f[:8]), int(own[11]) + int(own[12])  # utime, stime
+
+
+def cpu_busy(window_s: float = 0.5) -> tuple[float, float]:
+    """(cores busy, cores busy with *other* processes) over the next ``window_s`` seconds, each 0 .. the core
+    count; (nan, nan) without /proc. The second is what a run about to start would share the CPU with; the load
+    average cannot say it, as it still counts what this very process did a moment ago (a suite's previous run, a
+    generator run's tokenizer stage)."""
+    try:
+        b0, a0, o0 = _cpu_ticks()
+        time.sleep(window_s)
+        b1, a1, o1 = _cpu_ticks()
+    except (OSError, ValueError, IndexError):
+        return float("nan"), float("nan")
+    elapsed = (a1 - a0) / (os.cpu_count() or 1)  # ticks of one core in the window
+    if elapsed <= 0:
+        return float("nan"), float("nan")
+    return (b1 - b0) / elapsed, max(0.0, (b1 - b0) - (o1 - o0)) / elapsed
+
+
+def others_cpu_busy(window_s: float = 0.5) -> float:
+    """Cores kept busy by other processes over the next ``window_s`` seconds (``cpu_busy``'s second value)."""
+    return cpu_busy(window_s)[1]
+
+
 _CPU_NOTE_SHOWN = [False]
 
 
 def warn_if_cpu_busy(accelerator: str) -> None:
-    """A note when the CPU is busy before a CPU run: once per command (a generator run builds two Trainers), and by
-    rank 0 alone (the other ranks of a multi-process run would each repeat it)."""
-    if _CPU_NOTE_SHOWN[0] or process_rank() > 0:
+    """A note when other processes keep the CPU busy before a CPU run: once per command (a generator run builds two
+    Trainers), and by rank 0 alone (the other ranks of a multi-process run would each repeat it)."""
+    if _CPU_NOTE_SHOWN[0] or process_rank() > 0 or str(accelerator) != "cpu":
         return
-    load = cpu_load()
-    if str(accelerator) == "cpu" and load > 0.75:  # (nan where there is no load average)
+    cores = os.cpu_count() or 1
+    busy = others_cpu_busy()
+    what = f"other processes keep {busy:.1f} of its {cores} cores busy"
+    if busy != busy:  # no /proc: the 1-minute load average (this process's own recent work included)
+        busy = cpu_load() * cores
+        what = f"1-minute load {busy:.1f} on {cores} cores"
+    if busy > 0.5 * cores:  # (a nan load compares False)
         _CPU_NOTE_SHOWN[0] = True
-        print(f"note: the CPU is already busy (1-minute load {load * (os.cpu_count() or 1):.1f} on {os.cpu_count()} cores). Two torch jobs "
+        print(f"note: the CPU is already busy ({what}). Two torch jobs "
               "that each use every core slow each other down several-fold; run one at a time, or give each "
               "OMP_NUM_THREADS=1. Timings of this run will not be comparable to an idle machine's.", flush=True)
 
