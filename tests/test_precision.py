@@ -128,6 +128,7 @@ def test_resolved_precision_is_written_to_the_config(monkeypatch, fresh_probe, t
         from importlib.metadata import version
         assert saved["resolved"]["versions"]["vector-quantize-pytorch"] == version("vector-quantize-pytorch")
         assert machine.metrics_record(cfg["resolved"])["versions"]["torch"] == version("torch")
+        json.dumps(machine.metrics_record(cfg["resolved"]))  # as metrics.json is written: plain values only
 
 
 def test_auto_that_resolves_to_fp32_keeps_the_fp32_tokenizer_cache_key(monkeypatch, fresh_probe):

@@ -319,7 +319,10 @@ def resolve_settings(place: Placement, loader: LoaderSettings, prior: Mapping[st
 
 def metrics_record(resolved: Mapping[str, Any] | None) -> dict:
     """The keys of a run's ``resolved:`` record (``Resolved.record``) that metrics.json repeats."""
-    r = dict(resolved or {})
+    from omegaconf import DictConfig, OmegaConf
+
+    # plain values: metrics.json is written with json (a nested DictConfig, e.g. versions, is not serialisable)
+    r = OmegaConf.to_container(resolved) if isinstance(resolved, DictConfig) else dict(resolved or {})
     keys = ("precision", "precision_reason", "devices", "batch_size_per_process", "layout_reason", "cpu",
             "cpu_capability", "native_bf16", "versions")
     return {k: r[k] for k in keys if k in r}
