@@ -117,10 +117,17 @@ def test_sigterm_and_sigint_checkpoint_the_current_step_and_resume_exactly(tmp_p
     assert err.strip().splitlines()[-1].startswith("error: interrupted (SIGINT)") and "resume with resume=true" in err, err[-2000:]
     assert "run_id=term resume=true" in err and not (run / "metrics.json").exists()
 
+    # the time spent so far travels in the checkpoint, so the finished run records its whole time, not its last part
+    timer_state = [v for k, v in torch.load(ckpt, map_location="cpu", weights_only=True)["callbacks"].items()
+                   if "StepTimer" in k]
+    spent = timer_state[0]["elapsed_s"]
+    assert spent > 0, timer_state
+
     subprocess.run(_cmd(name, runs, "term", "resume=true"), cwd=ROOT, env=env, check=True, capture_output=True)
     full = json.loads((runs / name / "full" / "metrics.json").read_text())
     resumed = json.loads((run / "metrics.json").read_text())
     assert resumed["steps"] == full["steps"] == 36
+    assert resumed["train_time_s"] > spent and resumed["wall_time_s"] > spent and "time_partial" not in resumed
     for k in ["psnr", "ssim", "lpips", "rfid"]:
         assert resumed[k] == pytest.approx(full[k], rel=1e-5, abs=1e-6), (k, step)
     for k, values in full["per_scale"].items():

@@ -32,3 +32,14 @@ def test_the_median_of_the_records_per_cpu_and_bad_records_skipped(tmp_path):
     (tmp_path / "runs" / "flip" / "s1" / "metrics.json").write_text("{not json")
     assert record_times(tmp_path) == {"Zen 5": [700.0, 2900.0, 720.0], "Zen 4": [1500.0]}
     assert run_time_text(tmp_path) == "12m00s a run (median of 3 runs, Zen 5); 25m00s a run (median of 1 run, Zen 4)"
+
+
+def test_a_resumed_run_with_only_its_last_part_timed_is_left_out(tmp_path):
+    """A run resumed from a checkpoint that did not carry its earlier time records ``time_partial``: its wall time
+    (the last part: often just the evaluation) is not a run's time and must not pull the median down."""
+    for seed, (wall, partial) in enumerate([(1800, False), (1900, False), (190, True)]):
+        d = tmp_path / "runs" / "digits" / f"s{seed}"
+        d.mkdir(parents=True)
+        m = {"wall_time_s": wall, "cpu": "AMD EPYC (family 25 model 17)"} | ({"time_partial": True} if partial else {})
+        (d / "metrics.json").write_text(json.dumps(m))
+    assert record_times(tmp_path) == {"Zen 4": [1800.0, 1900.0]}

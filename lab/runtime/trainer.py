@@ -29,6 +29,28 @@ class StepTimer(pl.Callback):
     def __init__(self):
         self.times: list[float] = []
         self._t0 = 0.0
+        # The run's time before this process (a resumed run): saved in every checkpoint as this callback's state,
+        # so a run stopped and resumed, in one sitting or the next, records its whole time, not its last part.
+        self._started = time.time()
+        self._before_s: float | None = 0.0
+        self._restored = False
+
+    def state_dict(self) -> dict:
+        before = self._before_s if self._before_s is not None else float("nan")
+        return {"elapsed_s": before + time.time() - self._started}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._before_s = float(state_dict.get("elapsed_s", float("nan")))
+        if self._before_s != self._before_s:
+            self._before_s = None
+        self._restored = True
+
+    def time_before(self, resumed: bool) -> float | None:
+        """Seconds this run spent in earlier processes (0 for a fresh run); None for a run resumed from a checkpoint
+        that did not record them (written before they were saved, or by a run that itself lacked them)."""
+        if not resumed:
+            return 0.0
+        return self._before_s if self._restored else None
 
     def _sync(self, pl_module) -> None:
         if pl_module.device.type == "cuda":

@@ -190,6 +190,21 @@ def build_trainer(cfg: Any, run_dir: Path, extra_callbacks: list | None = None) 
     )
 
 
+def run_times(trainer: pl.Trainer, t0: float, train_end: float, resumed: bool) -> dict:
+    """wall_time_s (training and evaluation) and train_time_s of the whole run: this process's part since ``t0``
+    plus what earlier processes of a resumed run spent (saved in its checkpoints). A resume from a checkpoint that
+    did not save it has ``time_partial: true``: its times cover the last part only, and run-time estimates
+    (``lab list``, the README) leave it out."""
+    import time
+
+    timer = next((c for c in trainer.callbacks if isinstance(c, StepTimer)), None)
+    before = timer.time_before(resumed) if timer is not None else (0.0 if not resumed else None)
+    out = {"wall_time_s": time.time() - t0 + (before or 0.0), "train_time_s": train_end - t0 + (before or 0.0)}
+    if before is None:
+        out["time_partial"] = True
+    return out
+
+
 def write_metrics(run_dir: Path, metrics: dict) -> None:
     atomic_write(run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2, default=float)))
     TRAINED.clear()  # evaluated: a signal from here on does not stop this run's evaluation (lab/runtime/signals.py)

@@ -39,7 +39,8 @@ from lab.runtime.safety import load_checkpoint
 from lab.runtime.interruption import Interruption
 from lab.runtime.trainer import cpu_load, timer_of
 from lab.stages.common import (begin_resume, build_datamodule, build_trainer, eval_device, log_final,
-                               make_run_dir, resolve_run_settings, seed_all, step_flops, summary, write_metrics)
+                               make_run_dir, resolve_run_settings, run_times, seed_all, step_flops, summary,
+                               write_metrics)
 from lab.stages.tokenizer import run_tokenizer
 from lab.stages.build import build_tokenizer, generator_module, tokenizer_module
 from lab.stages.generator_eval import evaluate_generator
@@ -289,7 +290,7 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
     trainer = build_trainer(cfg, run_dir, [Interruption(run_dir)])  # SIGTERM / SIGINT: checkpoint, clean exit
     phase(f"training the generator: {cfg['trainer']['max_steps']:,} steps -> {run_dir}")
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
-    train_time = time.time() - t0
+    train_end = time.time()
     train_peak = peak_memory_mb()  # training alone; peak_memory_mb below also covers the evaluation
     metrics: dict[str, Any] = {}
     if trainer.is_global_zero:
@@ -298,7 +299,7 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
         metrics = evaluate_generator(module, dm, cfg)
         metrics.update(
             params=count_params(module.model) + count_params(module.head), head_params=module.head_params(),
-            steps=int(trainer.global_step), wall_time_s=time.time() - t0, train_time_s=train_time,
+            steps=int(trainer.global_step), **run_times(trainer, t0, train_end, resumed=ckpt is not None),
             peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(), tokenizer=str(tdir), flops_per_step=step_flops(module, dm),
             steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg["resolved"]),
             **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),

@@ -22,7 +22,8 @@ from lab.runtime.machine import metrics_record
 from lab.runtime.interruption import Interruption
 from lab.runtime.trainer import cpu_load, timer_of
 from lab.stages.common import (begin_resume, build_datamodule, build_trainer, eval_device, log_final,
-                               make_run_dir, resolve_run_settings, seed_all, step_flops, summary, write_metrics)
+                               make_run_dir, resolve_run_settings, run_times, seed_all, step_flops, summary,
+                               write_metrics)
 from lab.runtime.progress import phase
 from lab.stages.build import tokenizer_module
 from lab.train.modules import image_grid
@@ -49,7 +50,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
-    train_time = time.time() - t0
+    train_end = time.time()
     train_peak = peak_memory_mb()  # training alone; peak_memory_mb below also covers the evaluation
     metrics: dict[str, Any] = {}
     module.adopt_ema()  # from here on, module.tokenizer is the evaluated (averaged) one
@@ -64,7 +65,7 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
         )
         metrics.update(
             params=count_params(module.tokenizer), steps=int(trainer.global_step),
-            wall_time_s=time.time() - t0, train_time_s=train_time, peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(),
+            **run_times(trainer, t0, train_end, resumed=ckpt is not None), peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(),
             flops_per_step=step_flops(module, dm), steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg["resolved"]),
             **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
         )

@@ -45,9 +45,11 @@ def cpu_kind(cpu: str) -> str:
 
 def times_by_machine(metrics: Iterable[Mapping]) -> dict[str, list[float]]:
     """{machine kind (``Zen 4``, a GPU's name): [wall_time_s of each run]} of runs' metrics (those without a
-    wall time skipped)."""
+    wall time, or with only part of it, ``time_partial``, skipped)."""
     out: dict[str, list[float]] = {}
     for m in metrics:
+        if m.get("time_partial"):  # a resumed run whose earlier parts' time is unknown: its time is not a run's
+            continue
         try:
             wall = float(m["wall_time_s"])
         except (KeyError, TypeError, ValueError):
