@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from lab.config.runs import check_resume, new_run_id, read_config, record_resume
 from lab.config.typed import loader_settings, placement
 from lab.runtime.tracking import build_loggers
 from lab.runtime.tracking import log_final as log_to_loggers
-from lab.runtime.trainer import AtomicCheckpointIO, StepTimer, share_cpu_threads, warn_if_cpu_busy
+from lab.runtime.trainer import AtomicCheckpointIO, StepTimer, share_cpu_threads, timer_of, warn_if_cpu_busy
 
 # Our EpochSampler (lab/data/sampler.py) resumes mid-epoch exactly, which Lightning cannot see: silence its warning.
 warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch ended.*")
@@ -195,10 +196,7 @@ def run_times(trainer: pl.Trainer, t0: float, train_end: float, resumed: bool) -
     plus what earlier processes of a resumed run spent (saved in its checkpoints). A resume from a checkpoint that
     did not save it has ``time_partial: true``: its times cover the last part only, and run-time estimates
     (``lab list``, the README) leave it out."""
-    import time
-
-    timer = next((c for c in trainer.callbacks if isinstance(c, StepTimer)), None)
-    before = timer.time_before(resumed) if timer is not None else (0.0 if not resumed else None)
+    before = timer_of(trainer).time_before(resumed)  # build_trainer always adds the StepTimer
     out = {"wall_time_s": time.time() - t0 + (before or 0.0), "train_time_s": train_end - t0 + (before or 0.0)}
     if before is None:
         out["time_partial"] = True
