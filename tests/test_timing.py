@@ -43,3 +43,34 @@ def test_a_resumed_run_with_only_its_last_part_timed_is_left_out(tmp_path):
         m = {"wall_time_s": wall, "cpu": "AMD EPYC (family 25 model 17)"} | ({"time_partial": True} if partial else {})
         (d / "metrics.json").write_text(json.dumps(m))
     assert record_times(tmp_path) == {"Zen 4": [1800.0, 1900.0]}
+
+
+def test_the_step_timer_carries_a_runs_time_through_resumes_and_an_unknown_part_stays_unknown():
+    """The step timer's state (saved in every checkpoint) adds each part of a run; a run once resumed from a
+    checkpoint without it is partial, and stays partial through a second stop and resume (its checkpoints say NaN),
+    instead of passing its later parts off as the whole run."""
+    import math
+
+    from lab.runtime.trainer import StepTimer
+
+    first = StepTimer()
+    first._started -= 100.0  # this part ran 100 s
+    saved = first.state_dict()
+    assert 100.0 <= saved["elapsed_s"] < 110.0
+
+    second = StepTimer()  # resumed from that checkpoint: Lightning calls on_load_checkpoint, then load_state_dict
+    second.on_load_checkpoint(None, None, {"callbacks": {}})
+    second.load_state_dict(saved)
+    assert second.time_before(resumed=True) == saved["elapsed_s"]
+    assert StepTimer().time_before(resumed=False) == 0.0
+
+    old = StepTimer()  # resumed from a checkpoint written before the time was saved: no state to load
+    old.on_load_checkpoint(None, None, {"callbacks": {}})
+    assert old.time_before(resumed=True) is None
+    later = old.state_dict()
+    assert math.isnan(later["elapsed_s"])  # its own checkpoints say the whole is unknown
+
+    again = StepTimer()  # resumed a second time
+    again.on_load_checkpoint(None, None, {"callbacks": {}})
+    again.load_state_dict(later)
+    assert again.time_before(resumed=True) is None and math.isnan(again.state_dict()["elapsed_s"])

@@ -33,11 +33,18 @@ class StepTimer(pl.Callback):
         # so a run stopped and resumed, in one sitting or the next, records its whole time, not its last part.
         self._started = time.time()
         self._before_s: float | None = 0.0
-        self._restored = False
+        self._resumed = False   # a checkpoint was loaded (Lightning calls on_load_checkpoint on every resume)
+        self._restored = False  # ... and it carried this callback's state
 
     def state_dict(self) -> dict:
-        before = self._before_s if self._before_s is not None else float("nan")
+        # Unknown (NaN) once any part of the run is unknown: a run resumed from a checkpoint without the time, then
+        # stopped and resumed again, stays partial instead of passing its last two parts off as the whole.
+        unknown = self._before_s is None or (self._resumed and not self._restored)
+        before = float("nan") if unknown else self._before_s
         return {"elapsed_s": before + time.time() - self._started}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._resumed = True
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._before_s = float(state_dict.get("elapsed_s", float("nan")))
