@@ -117,6 +117,11 @@ def test_a_point_another_suite_published_with_the_same_settings_is_not_retrained
     rows = _rows(root / "second" / "results.csv")
     assert sum(bool(r["reused_from"]) for r in rows) == 2 and {r["status"] for r in rows} == {"done"}
     assert "2 of them another suite's records" in (root / "second" / "report.md").read_text()
+    fake_runs.clear()  # `lab status` of a third folder counts what --publish would take, and trains nothing
+    from lab.cli.status import status
+    st = status("second", [f"runs_dir={tmp_path / 'runs_d'}"], publish=str(root / "second_d"))
+    assert st["finished"] == 0 and len(st["reused"]) == 2 and all(r.endswith("<- first") for r in st["reused"])
+    assert sorted(st["missing"]) == ["bits-14/s0", "bits-14/s1"] and not fake_runs
     fake_runs.clear()  # without --publish nothing is copied: the runs train as before
     run_sweep("second", [f"runs_dir={tmp_path / 'runs_b'}"])
     assert len(fake_runs) == 4

@@ -3,6 +3,7 @@ and in the published records, failed and running ones, the measured time per run
 here), the time left, and the command that continues it."""
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Sequence
 
@@ -10,7 +11,7 @@ from lab.core.numfmt import as_number, fmt_duration
 from lab.core.registry import ConfigError
 from lab.runtime.runlock import lock_path, try_lock, unlock
 from lab.sweeps.plan import FAILED, plan
-from lab.sweeps.records import RecordError, check_records, read_metrics, results_dir
+from lab.sweeps.records import RecordError, check_records, find_twins, read_metrics, results_dir
 
 
 def _cpu_model() -> str:
@@ -29,18 +30,23 @@ def status(name: str, overrides: Sequence[str] = (), publish: str | None = None)
         raise ConfigError(f"{name} is one run, not a suite: `lab status` reads suites (an experiment with `sweep:`).")
     results = Path(publish) if publish else results_dir(suite["name"])
     recorded = check_records(jobs, results)
-    local, published, failed, running, missing, times, here = [], [], [], [], [], [], []
+    # points another suite published with the same settings: `--publish` takes those records, it trains nothing
+    twins = find_twins(jobs, results, {i for i, j in enumerate(jobs) if i in recorded or (j.run_dir / "metrics.json").is_file()})
+    local, published, failed, running, missing, times, here, reused = [], [], [], [], [], [], [], []
     cpu = _cpu_model()
     for i, job in enumerate(jobs):
         label = f"{job.point.label}/s{job.seed}"
         source = job.run_dir if (job.run_dir / "metrics.json").is_file() else recorded.get(i)
+        if source is None and i in twins:
+            reused.append(f"{label} <- {twins[i].parents[2].name}")
+            continue
         if source is not None:
             (local if source == job.run_dir else published).append(label)
             try:
                 m = read_metrics(source / "metrics.json")
             except RecordError:
                 continue
-            t = as_number(m.get("wall_time_s"))
+            t = None if m.get("time_partial") else as_number(m.get("wall_time_s"))  # a part of a run is not a run's time
             if t:
                 times.append(t)
                 if cpu and str(m.get("cpu", "")).startswith(cpu.split(" (")[0]):
@@ -52,12 +58,16 @@ def status(name: str, overrides: Sequence[str] = (), publish: str | None = None)
         else:
             missing.append(label)
     done = len(local) + len(published)
-    per_run = (sum(here) / len(here)) if here else (sum(times) / len(times) if times else None)
+    # the median, as lab list and the README give it (the first run on a machine also computes the reference)
+    per_run = statistics.median(here) if here else (statistics.median(times) if times else None)
     left = len(missing) + len(running)
     command = " ".join(["python -m lab run", suite["name"], *overrides, "--publish"])
     print(f"{suite['name']}: {done} of {len(jobs)} runs finished ({len(local)} in runs/, {len(published)} published in {results})"
           + (f", {len(running)} running ({', '.join(running[:4])})" if running else "")
           + (f", {len(failed)} failed ({', '.join(failed[:4])}; delete their {FAILED} to retry)" if failed else ""))
+    if reused:
+        print(f"{len(reused)} more published by another suite with the same settings: `--publish` takes their records, "
+              f"it does not retrain them ({', '.join(reused[:4])}{' ...' if len(reused) > 4 else ''})")
     if per_run:
         where = "on this CPU" if here else "on the machines that ran them (none here yet)"
         print(f"time per run: {fmt_duration(per_run)} measured {where}; about {fmt_duration(per_run * left)} left "
@@ -71,7 +81,7 @@ def status(name: str, overrides: Sequence[str] = (), publish: str | None = None)
     else:
         print(f"finished; the report: python -m lab report {suite['name']} {' '.join(overrides)} --out {results}".replace("  ", " "))
     return {"finished": done, "total": len(jobs), "local": local, "published": published, "failed": failed,
-            "running": running, "missing": missing, "per_run_s": per_run}
+            "running": running, "missing": missing, "reused": reused, "per_run_s": per_run}
 
 
 def _free(run_dir: Path) -> bool:
