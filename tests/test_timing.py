@@ -74,3 +74,16 @@ def test_the_step_timer_carries_a_runs_time_through_resumes_and_an_unknown_part_
     again.on_load_checkpoint(None, None, {"callbacks": {}})
     again.load_state_dict(later)
     assert again.time_before(resumed=True) is None and math.isnan(again.state_dict()["elapsed_s"])
+
+
+def test_the_reports_mean_time_leaves_out_a_run_with_only_its_last_part_timed():
+    """The report's table: a ``time_partial`` record's wall time (its last part: often the evaluation alone) is not
+    averaged with whole runs' times; the cell says how many seeds it has."""
+    from lab.sweeps.report_sections import markdown_table
+
+    rows = [{"point": "digits", "case": "digits", "seed": s, "status": "done", "gfid": g, "wall_time_s": w,
+             **({"time_partial": True} if partial else {})}
+            for s, (g, w, partial) in enumerate([(52.1, 151.0, True), (51.9, 1345.0, False), (52.0, 1355.0, False)])]
+    table = markdown_table(rows, ["case"], ["gfid", "wall_time_s"])
+    row = table.splitlines()[-1]
+    assert "1,350 ± 7 (2 seeds)" in row and "52.00 ± 0.10" in row, table

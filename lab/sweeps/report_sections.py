@@ -25,6 +25,17 @@ def group_rows(rows: Sequence[Mapping]) -> dict[str, list[Mapping]]:
     return groups
 
 
+TIMES = ("wall_time_s", "train_time_s")
+
+
+def _value(row: Mapping, metric: str) -> Any:
+    """A row's value of ``metric``; none for the times of a run resumed without its earlier parts' time
+    (``time_partial``): its last part is not a run's time, so the cell's mean leaves it out and says so in its count."""
+    if metric in TIMES and str(row.get("time_partial")).lower() in ("true", "1"):
+        return None
+    return row.get(metric)
+
+
 def markdown_table(rows: Sequence[Mapping], axes: Sequence[str], metrics: Sequence[str]) -> str:
     """Mean ± sd over seeds per grid point; one number of decimals per column (``lab/core/numfmt.py``)."""
     done = [r for r in rows if r.get("status") == "done"]
@@ -32,7 +43,7 @@ def markdown_table(rows: Sequence[Mapping], axes: Sequence[str], metrics: Sequen
     head = list(axes) + ["seeds"] + (list(metrics) or ["status"])  # status: where no run has finished
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     groups = group_rows(rows)
-    stats = {(label, m): mean_std(r.get(m) for r in g if r.get("status") == "done") for label, g in groups.items() for m in metrics}
+    stats = {(label, m): mean_std(_value(r, m) for r in g if r.get("status") == "done") for label, g in groups.items() for m in metrics}
     decimals = {m: decimals_for([ms[0] for (_, mm), ms in stats.items() if mm == m and ms]) for m in metrics}
     for label, group_all in groups.items():
         group = [r for r in group_all if r.get("status") == "done"]
