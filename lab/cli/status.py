@@ -7,21 +7,13 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
-from lab.core.numfmt import as_number, fmt_duration
+from lab.core.numfmt import fmt_duration
 from lab.core.registry import ConfigError
 from lab.runtime.runlock import lock_path, try_lock, unlock
 from lab.sweeps.plan import FAILED, plan
+from lab.runtime.machine import cpu_model
 from lab.sweeps.records import RecordError, check_records, find_twins, read_metrics, results_dir
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+from lab.sweeps.timing import cpu_kind, times_by_machine
 
 
 def status(name: str, overrides: Sequence[str] = (), publish: str | None = None) -> dict:
@@ -32,8 +24,7 @@ def status(name: str, overrides: Sequence[str] = (), publish: str | None = None)
     recorded = check_records(jobs, results)
     # points another suite published with the same settings: `--publish` takes those records, it trains nothing
     twins = find_twins(jobs, results, {i for i, j in enumerate(jobs) if i in recorded or (j.run_dir / "metrics.json").is_file()})
-    local, published, failed, running, missing, times, here, reused = [], [], [], [], [], [], [], []
-    cpu = _cpu_model()
+    local, published, failed, running, missing, records, reused = [], [], [], [], [], [], []
     for i, job in enumerate(jobs):
         label = f"{job.point.label}/s{job.seed}"
         source = job.run_dir if (job.run_dir / "metrics.json").is_file() else recorded.get(i)
@@ -46,11 +37,7 @@ def status(name: str, overrides: Sequence[str] = (), publish: str | None = None)
                 m = read_metrics(source / "metrics.json")
             except RecordError:
                 continue
-            t = None if m.get("time_partial") else as_number(m.get("wall_time_s"))  # a part of a run is not a run's time
-            if t:
-                times.append(t)
-                if cpu and str(m.get("cpu", "")).startswith(cpu.split(" (")[0]):
-                    here.append(t)
+            records.append(m)
         elif (job.run_dir / FAILED).is_file():
             failed.append(label)
         elif lock_path(job.run_dir).exists() and not _free(job.run_dir):
@@ -59,6 +46,8 @@ def status(name: str, overrides: Sequence[str] = (), publish: str | None = None)
             missing.append(label)
     done = len(local) + len(published)
     # the median, as lab list and the README give it (the first run on a machine also computes the reference)
+    by_kind = times_by_machine(records)  # per CPU kind, partial records left out: lab list's figures
+    here, times = by_kind.get(cpu_kind(cpu_model()), []), [t for ts in by_kind.values() for t in ts]
     per_run = statistics.median(here) if here else (statistics.median(times) if times else None)
     left = len(missing) + len(running)
     command = " ".join(["python -m lab run", suite["name"], *overrides, "--publish"])
