@@ -98,7 +98,7 @@ def test_roofline_and_profile_quick(tmp_path):
 
     prof = json.loads((tmp_path / "profile.json").read_text())
     stages = {r["stage"] for r in prof["rows"]}
-    assert len(stages) == 2
+    assert len(stages) == 3  # quick: the tokenizer, the generator as published and one index-head case
     for stage in stages:
         rows = [r for r in prof["rows"] if r["stage"] == stage]
         assert all(r["cpu"] and r["torch"] and r["threads"] >= 1 for r in rows)
@@ -108,6 +108,6 @@ def test_roofline_and_profile_quick(tmp_path):
         assert sum(cats.values()) == pytest.approx(100.0, abs=0.5)
         assert OTHER in cats and "optimizer" in cats and "data" in cats
         if stage.startswith("tokenizer"):
-            assert {"convolutions", "LPIPS", "quantizer (BSQ)"} <= set(cats)
+            assert {"convolutions", "LPIPS", "quantizer"} <= set(cats)
         else:
             assert {"attention", "MLP", "head", "teacher forcing"} <= set(cats)

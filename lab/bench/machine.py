@@ -26,15 +26,17 @@ PRECISIONS = ("32-true", "bf16-mixed")
 GLOBAL_BATCH = 32  # the quickstart's and the generator experiments' batch per step
 
 
-def build_stage(stage: str, size: str, batch: int, quick: bool):
-    """(module, train loader) of an untrained cpu-scale ``stage`` run on emoji32 at ``batch`` images per process."""
+def build_stage(stage: str, size: str, batch: int, quick: bool, overrides: tuple[str, ...] = ()):
+    """(module, train loader) of an untrained cpu-scale ``stage`` run on emoji32 at ``batch`` images per process;
+    ``overrides`` (dotted ``key=value``) change the experiment's quantizer, head or correction."""
     limit = 64 if quick else 256
     common = [f"loader.batch_size={batch}", "loader.global_batch_size=null", "trainer.devices=1",
               "trainer.strategy=auto", "trainer.precision=32-true"]
     if stage == "tokenizer":
-        cfg = load_experiment("quickstart", [f"data.limit={limit}"] + common)
+        cfg = load_experiment("quickstart", [f"data.limit={limit}"] + common + list(overrides))
     else:
-        cfg = load_experiment("generator/c2i_fashion", ["data={name: emoji32, limit: %d}" % limit, f"generator.size={size}"] + common)
+        cfg = load_experiment("generator/c2i_fashion", ["data={name: emoji32, limit: %d}" % limit, f"generator.size={size}"]
+                              + common + list(overrides))
     dm = build_datamodule(cfg)
     dm.setup("fit")
     module = tokenizer_module(cfg)

@@ -2,7 +2,9 @@
 
 A few training steps (train_loss, backward, gradient clipping, AdamW: lab.bench.machine.stepper's step) of the
 quickstart tokenizer and the c2i_fashion generator (size s; emoji32 data, cached encoder features) are profiled
-after a warm-up. Time is attributed to categories by ``record_function`` ranges named ``bitlab::<category>``,
+after a warm-up; beside the generator as published (BSQ-16, bitwise head, bitwise self-correction), the same
+transformer with a 4,096-way index head on a VQ-4096 and on an FSQ-8^4 tokenizer (ablations/head_index_vs_bitwise's
+index-head cases, whose steps differ in time by 1.3x on one machine). Time is attributed to categories by ``record_function`` ranges named ``bitlab::<category>``,
 opened around the modules and methods below by forward hooks (or instance-method wrappers) for the profiled steps
 only:
 
@@ -14,7 +16,7 @@ MLP                             every transformer Block's ``mlp``
 transformer other               the rest of the Transformer (adaLN, norms, embeddings, residual adds)
 head                            the generator's head (forward and its ``loss`` method)
 teacher forcing                 GeneratorModule.sequence (inputs and labels, bitwise self-correction)
-quantizer (BSQ)                 the tokenizer's MultiScaleQuantizer (BSQ, its up/down-sampling and Phi convs)
+quantizer                       the tokenizer's MultiScaleQuantizer (BSQ, VQ or FSQ, its up/down-sampling and Phi convs)
 convolutions                    every nn.Conv2d of the tokenizer's encoder and decoder
 encoder/decoder other           the rest of the encoder and decoder (GroupNorm, SiLU, up-sampling)
 LPIPS                           the training loss's LPIPS network (its own convolutions included)
@@ -50,7 +52,7 @@ from lab.runtime.machine import cpu_processes, resolve_precision
 PREFIX = "bitlab::"
 STEP = PREFIX + "step"
 OTHER = "other (unattributed)"
-CATEGORIES = ("attention", "MLP", "transformer other", "head", "teacher forcing", "quantizer (BSQ)", "convolutions",
+CATEGORIES = ("attention", "MLP", "transformer other", "head", "teacher forcing", "quantizer", "convolutions",
               "encoder/decoder other", "LPIPS", "data", "optimizer", OTHER)
 BACKWARD = "autograd::engine::evaluate_function: "
 BETWEEN = "between ops (Python, dispatch)"  # a range's own time: inside it, outside every op
@@ -124,7 +126,7 @@ def label_stage(labels: Labels, module: nn.Module) -> None:
             labels.module(m.mlp, "MLP")
     tok = getattr(module, "tokenizer", None)
     if tok is not None:
-        labels.module(tok.msq, "quantizer (BSQ)")
+        labels.module(tok.msq, "quantizer")
     if hasattr(module, "_lpips"):  # TokenizerModule: the training loss's LPIPS
         labels.module(module._lpips[0], "LPIPS")
     if hasattr(module, "head"):
@@ -222,14 +224,13 @@ def profile_steps(module: nn.Module, step: Callable[[], None], steps: int) -> tu
     return prof.events(), plain
 
 
-def profile_rows(stage: str, size: str, module, loader, precision: str, steps: int, warmup: int) -> Iterator[dict]:
+def profile_rows(what: str, module, loader, precision: str, steps: int, warmup: int) -> Iterator[dict]:
     bf16 = precision.startswith("bf16")
     step = make_step(module, loader, bf16)
     for _ in range(warmup):
         step()
     events, plain = profile_steps(module, step, steps)
     n, wall, totals, ops, in_backward = attribute(events)
-    what = "tokenizer (quickstart)" if stage == "tokenizer" else f"generator (c2i_fashion, size {size})"
     base = dict(stamp(torch.get_num_threads()), stage=what, precision=precision, batch=len(next(iter(loader))["image"]))
     ms = wall / 1e3 / max(n, 1)
     yield dict(base, category="step (profiled wall)", ms=ms, pct=100.0, steps=n, unprofiled_ms=1e3 * plain,
@@ -247,13 +248,28 @@ def bench_profile(s: Settings) -> Iterator[dict]:
     count the bench runs at (--threads) and the precision ``trainer.precision=auto`` picks for the stage."""
     steps, warmup = (2, 1) if s.quick else (5, 2)
     batch = 4 if s.quick else GLOBAL_BATCH // cpu_processes(GLOBAL_BATCH)[0]
-    for stage, size in (("tokenizer", ""), ("generator", "xs" if s.quick else "s")):
-        progress(f"profile: {stage} {size}")
+    for what, stage, size, overrides in cases(s.quick):
+        progress(f"profile: {what}")
         torch.manual_seed(0)
-        module, loader = build_stage(stage, size, batch, s.quick)
+        module, loader = build_stage(stage, size, batch, s.quick, overrides)
         precision = resolve_precision("auto", "cpu", stage)[0]
         precision = "bf16 autocast" if str(precision).startswith("bf16") else "fp32"
-        yield from profile_rows(stage, size, module, loader, precision, steps, warmup)
+        yield from profile_rows(what, module, loader, precision, steps, warmup)
+
+
+INDEX_HEAD = ("head.name=index", "correction={name: none}")
+INDEX_CASES = (("VQ-4096", ("quantizer={name: vq, codebook_size: 4096}",) + INDEX_HEAD),
+               ("FSQ-8^4", ("quantizer={name: fsq, levels: [8, 8, 8, 8]}",) + INDEX_HEAD))
+
+
+def cases(quick: bool) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """(label, stage, generator size, overrides) of the profiled steps; quick: the code paths at size xs, and one
+    index-head case (FSQ's: the only quantizer besides BSQ whose teacher forcing differs in kind)."""
+    size = "xs" if quick else "s"
+    index = INDEX_CASES[1:] if quick else INDEX_CASES
+    return ([("tokenizer (quickstart)", "tokenizer", "", ()),
+             (f"generator (c2i_fashion, size {size}: BSQ-16, bitwise head)", "generator", size, ())]
+            + [(f"generator (size {size}: {q}, index head)", "generator", size, o) for q, o in index])
 
 
 COLUMNS = [
