@@ -239,6 +239,25 @@ def test_records_are_compared_as_requested_not_as_resolved():
     assert record_differences(rec, job) == ["trainer.max_steps: 5 -> 6"]
 
 
+def test_a_default_written_out_is_no_difference_but_another_value_is():
+    """ablations/order's `scale` point sets generator.order: scale (its sweep axis); self_correction's identical
+    `none` point leaves the key at the Transformer's default. They are one setting, so the twin test must match them
+    (it did not: order retrained runs another suite had published); `raster`, or a quantizer keyword off its
+    default, stays a difference; a name no registry knows is compared as written."""
+    rec = {"generator": {"size": "s", "cond": "class"}, "quantizer": {"name": "bsq", "bits": 16},
+           "head": {"name": "bitwise"}, "seed": 3}
+    job = {"generator": {"size": "s", "cond": "class", "order": "scale"},
+           "quantizer": {"name": "bsq", "bits": 16, "inv_temperature": 1.0}, "head": {"name": "bitwise"}, "seed": 3}
+    assert record_differences(rec, job) == []
+    job["generator"]["order"] = "raster"
+    assert record_differences(rec, job) == ["generator.order: 'scale' -> 'raster'"]
+    job["generator"]["order"], job["quantizer"]["inv_temperature"] = "scale", 2.0
+    assert record_differences(rec, job) == ["quantizer.inv_temperature: 1.0 -> 2.0"]
+    rec["head"], job["head"] = {"name": "gone"}, {"name": "gone", "width": 3}
+    job["quantizer"]["inv_temperature"] = 1.0
+    assert record_differences(rec, job) == ["head.width: '<unset>' -> 3"]
+
+
 def test_a_published_record_is_never_replaced_silently(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

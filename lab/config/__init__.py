@@ -185,6 +185,46 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
     return checks
 
 
+def _constructors() -> dict[str, Callable[[Mapping[str, Any]], tuple[Callable, tuple[str, ...]] | None]]:
+    """node key -> (the node -> (its constructor, the keywords the code injects) or None): the open component nodes
+    whose keyword defaults live in a constructor (imported lazily: config is light)."""
+    from lab import quantizers
+    from lab.data import datasets as data
+    from lab.generation import correction
+    from lab.models import heads, tokenizer, transformer
+
+    def named(registry: Mapping[str, Callable], injected: tuple[str, ...] = ()):
+        return lambda n: (registry[n["name"]], injected) if n.get("name") in registry else None
+
+    return {"quantizer": named(quantizers.QUANTIZERS, ("dim",)), "data": named(data.DATASETS),
+            "head": named(heads.HEADS, heads.INJECTED), "correction": named(correction.CORRECTIONS),
+            "tokenizer": lambda n: (tokenizer.Tokenizer, ("quantizer",)),
+            "generator": lambda n: (transformer.Transformer, transformer.INJECTED)}
+
+
+def with_defaults(cfg: Mapping[str, Any]) -> dict:
+    """A plain copy of a config whose component nodes (quantizer, data, head, correction, tokenizer, generator) also
+    carry every constructor keyword they leave out, at its default. Two configs that differ only in writing a default
+    out (a sweep axis ``generator.order: [scale, raster]`` gives its ``scale`` point ``order: scale``; a suite
+    without that axis leaves the key out) then compare equal. A node whose name no registry knows is left as it is."""
+    import inspect
+    import json
+
+    from lab.core.registry import signature_params
+
+    out = json.loads(json.dumps(to_dict(dict(cfg)), default=str))
+    for key, find in _constructors().items():
+        node = out.get(key)
+        found = find(node) if isinstance(node, dict) else None
+        if found is None:
+            continue
+        ctor, injected = found
+        for name, p in signature_params(ctor).items():
+            if name not in node and name not in injected and p.default is not inspect.Parameter.empty:
+                node[name] = json.loads(json.dumps(p.default, default=str))
+    return out
+
+
 def _check_loggers(names: Any) -> None:
     check_loggers(to_dict(names))
 

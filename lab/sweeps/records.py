@@ -105,8 +105,11 @@ def requested(cfg: Mapping[str, Any]) -> dict:
 
 
 def record_differences(record_cfg: Mapping[str, Any], job_cfg: Mapping[str, Any]) -> list[str]:
-    """``key: record -> now`` for the settings where a record and a job differ (hardware resolutions aside)."""
-    a, b = requested(record_cfg), requested(job_cfg)
+    """``key: record -> now`` for the settings where a record and a job differ (hardware resolutions aside; a
+    constructor default written out in one and left out in the other is no difference: lab.config.with_defaults)."""
+    from lab.config import with_defaults
+
+    a, b = with_defaults(requested(record_cfg)), with_defaults(requested(job_cfg))
     auto_devices = any("devices_requested" in (c.get("resolved") or {}) for c in (record_cfg, job_cfg))
     for d in (a, b):
         d.pop("name", None)  # the suite's path: a record may be read under another checkout's suite folder
