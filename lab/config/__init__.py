@@ -8,6 +8,7 @@ constructor's signature instead, so their defaults live in exactly one place. Ev
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -185,6 +186,7 @@ def _validators() -> dict[str, tuple[Callable[[Any], None]]]:
     return checks
 
 
+@functools.cache
 def _constructors() -> dict[str, Callable[[Mapping[str, Any]], tuple[Callable, tuple[str, ...]] | None]]:
     """node key -> (the node -> (its constructor, the keywords the code injects) or None): the open component nodes
     whose keyword defaults live in a constructor (imported lazily: config is light)."""
@@ -207,22 +209,28 @@ def with_defaults(cfg: Mapping[str, Any]) -> dict:
     carry every constructor keyword they leave out, at its default. Two configs that differ only in writing a default
     out (a sweep axis ``generator.order: [scale, raster]`` gives its ``scale`` point ``order: scale``; a suite
     without that axis leaves the key out) then compare equal. A node whose name no registry knows is left as it is."""
-    import inspect
     import json
-
-    from lab.core.registry import signature_params
 
     out = json.loads(json.dumps(to_dict(dict(cfg)), default=str))
     for key, find in _constructors().items():
         node = out.get(key)
         found = find(node) if isinstance(node, dict) else None
-        if found is None:
-            continue
-        ctor, injected = found
-        for name, p in signature_params(ctor).items():
-            if name not in node and name not in injected and p.default is not inspect.Parameter.empty:
-                node[name] = json.loads(json.dumps(p.default, default=str))
+        if found is not None:
+            for name, value in _defaults(*found).items():
+                node.setdefault(name, json.loads(value))
     return out
+
+
+@functools.cache
+def _defaults(ctor: Callable, injected: tuple[str, ...]) -> dict[str, str]:
+    """{keyword: its default as JSON} of a constructor, the injected keywords aside."""
+    import inspect
+    import json
+
+    from lab.core.registry import signature_params
+
+    return {name: json.dumps(p.default, default=str) for name, p in signature_params(ctor).items()
+            if name not in injected and p.default is not inspect.Parameter.empty}
 
 
 def _check_loggers(names: Any) -> None:

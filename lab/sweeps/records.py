@@ -104,18 +104,38 @@ def requested(cfg: Mapping[str, Any]) -> dict:
     return d
 
 
-def record_differences(record_cfg: Mapping[str, Any], job_cfg: Mapping[str, Any]) -> list[str]:
-    """``key: record -> now`` for the settings where a record and a job differ (hardware resolutions aside; a
-    constructor default written out in one and left out in the other is no difference: lab.config.with_defaults)."""
-    from lab.config import with_defaults
-
-    a, b = with_defaults(requested(record_cfg)), with_defaults(requested(job_cfg))
+def _comparable(record_cfg: Mapping[str, Any], job_cfg: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Both configs as ``requested``, less what never decides a setting (the suite's path, a resolved strategy)."""
+    a, b = requested(record_cfg), requested(job_cfg)
     auto_devices = any("devices_requested" in (c.get("resolved") or {}) for c in (record_cfg, job_cfg))
     for d in (a, b):
         d.pop("name", None)  # the suite's path: a record may be read under another checkout's suite folder
         if auto_devices:
             d.get("trainer", {}).pop("strategy", None)  # chosen with the process count
-    return config_differences(a, b)
+    return a, b
+
+
+def record_differences(record_cfg: Mapping[str, Any], job_cfg: Mapping[str, Any]) -> list[str]:
+    """``key: record -> now`` for the settings where a record and a job differ (hardware resolutions aside; a
+    constructor default written out in one and left out in the other is no difference: lab.config.with_defaults)."""
+    a, b = _comparable(record_cfg, job_cfg)
+    diffs = config_differences(a, b)
+    if any(_one_sided(d) for d in diffs):  # (only then: the constructors' defaults import the model code)
+        from lab.config import with_defaults
+
+        diffs = config_differences(with_defaults(a), with_defaults(b))
+    return diffs
+
+
+def _one_sided(diff: str) -> bool:
+    """A ``config_differences`` line for a key that one config leaves out."""
+    return diff.split(": ", 1)[-1].startswith("'<unset>' ->") or diff.endswith("-> '<unset>'")
+
+
+def _differ_where_both_set(record_cfg: Mapping[str, Any], job_cfg: Mapping[str, Any]) -> bool:
+    """Whether a record and a job differ in a key both write out: then no default makes them one setting (the cheap
+    test before ``record_differences``, which may import the constructors to fill in defaults)."""
+    return any(not _one_sided(d) for d in config_differences(*_comparable(record_cfg, job_cfg)))
 
 
 def find_record(results: Path | None, point_label: str, seed: int) -> Path | None:
@@ -180,7 +200,9 @@ def find_twins(jobs: list, results: Path, skip: set[int]) -> dict[int, Path]:
                 continue  # a malformed record of another suite: that suite's report names it
             if str(rec_cfg.get("name", "")).rsplit("/", 1)[0] == suite:
                 continue  # this suite's own record published elsewhere (another folder, a rerun on other hardware)
-            if str(rec_cfg.get("preset")) == str(job_cfg.get("preset")) and not record_differences(rec_cfg, job_cfg):
+            if str(rec_cfg.get("preset")) != str(job_cfg.get("preset")) or _differ_where_both_set(rec_cfg, job_cfg):
+                continue  # another scale, or another setting of a key both write out
+            if not record_differences(rec_cfg, job_cfg):
                 out[i] = rec
                 break
     return out
