@@ -164,12 +164,21 @@ def hardware_section(rows: Sequence[Mapping], axes: Sequence[str], baseline: Map
     lines += [f"- {k}: {n} run(s)" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])]
     if len(kinds) > 1 and baseline:
         groups = group_rows(done)  # each case against the baseline point the verdicts pair it with
-        flagged = [point for point, base in baseline_of(done, axes, baseline).items()
-                   if len({hardware_kind(r) for r in groups[point] + groups[base]}) > 1]
+        flagged, blocked = [], []
+        for point, base in baseline_of(done, axes, baseline).items():
+            if len({hardware_kind(r) for r in groups[point] + groups[base]}) < 2:
+                continue
+            theirs = {str(r.get("seed")): hardware_kind(r) for r in groups[base]}
+            matched = all(theirs.get(str(r.get("seed")), hardware_kind(r)) == hardware_kind(r) for r in groups[point])
+            (blocked if matched else flagged).append(point)
         if flagged:
             lines += ["", f"**Mixed hardware**: the contrasts of {', '.join(flagged)} against the baseline pair runs "
                       "made on different hardware or precision; read their verdicts with that in mind, or rerun "
                       "them on one kind of machine."]
+        if blocked:
+            lines += ["", f"Hardware differs across seeds but not within a seed pair for {', '.join(blocked)}: each "
+                      "seed's run and its baseline ran on one kind of machine, so a machine's offset common to both "
+                      "cancels in the paired difference; a machine that changed the effect itself would not."]
     return "\n".join(lines) + "\n"
 
 
