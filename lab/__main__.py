@@ -61,6 +61,10 @@ def cmd_run(args: argparse.Namespace) -> None:
             publish = str(results_dir(str(cfg["name"])))
         publish = str(publish) if publish else None
         run_sweep(args.name, args.overrides, publish=publish, shard=shard, force=args.force)
+        from lab.runtime.files import process_rank
+
+        if process_rank() > 0:  # a multi-process run's other rank: rank 0 evaluates, publishes and checks the suite
+            return  # (an error exit here made Lightning kill rank 0 in the middle of its evaluation)
         missing = incomplete(args.name, args.overrides, publish=publish, shard=shard)
         if missing:
             _fail(f"the sweep ended with {len(missing)} run(s) not finished: {', '.join(missing[:10])}"

@@ -127,3 +127,28 @@ def test_sigterm_to_a_two_process_run_checkpoints_and_both_exit_then_it_resumes(
     r = subprocess.run(cmd + ["resume=true"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((runs / "quickstart" / "d" / "metrics.json").read_text())["steps"] == 24
+
+
+@pytest.mark.slow
+def test_a_two_process_suite_keeps_each_run_whole_and_rank0_alone_reports(tmp_path):
+    """A suite whose runs train in two processes (the tokenizer suites: `trainer.devices: auto` on 2 cores): Lightning
+    re-runs the sweep command for rank 1, which then walks the sweep beside rank 0. Rank 1 used to find the directory
+    rank 0 had just made for the run (config.yaml, no checkpoint yet) and move it aside as an abandoned start, so the
+    finished run lacked its config.yaml; it also printed every sweep line twice and recorded the invocation twice."""
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "lab", "run", "ablations/tokenizer_vocab", "preset=smoke", f"runs_dir={runs}",
+           "trainer.devices=2", "trainer.strategy=ddp", "seeds=[0]", "--shard", "1/4"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "BITLAB_RUN_DIR",
+                                                               "BITLAB_RESUMING")}
+    r = subprocess.run(cmd, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "MEMBER: 2/2" in out
+    suite = runs / "ablations" / "tokenizer_vocab"
+    done = sorted(p.parent for p in suite.glob("*/s0/metrics.json"))
+    assert len(done) == 2, sorted(str(p) for p in suite.rglob("*"))[:40]
+    for run_dir in done:
+        assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert not list(suite.glob("*/*.incomplete-*"))  # nothing moved aside
+    assert len(json.loads((suite / "sweep.json").read_text())["invocations"]) == 1
+    assert out.count("runs (8 points x 1 seeds)") == 1  # the sweep's header, from rank 0 alone

@@ -63,12 +63,15 @@ def make_run_dir(cfg: Any) -> tuple[Path, bool]:
         box = [_make_run_dir(cfg) if dist.get_rank() == 0 else None]
         dist.broadcast_object_list(box, src=0)
         run_dir, resuming = box[0]
-        os.environ["BITLAB_RUN_DIR"] = str(run_dir)
+        os.environ["BITLAB_RUN_DIR"], os.environ["BITLAB_RESUMING"] = str(run_dir), str(int(resuming))
         return run_dir, resuming
     if process_rank() > 0 and os.environ.get("BITLAB_RUN_DIR"):
-        return Path(os.environ["BITLAB_RUN_DIR"]), bool(cfg["resume"])
+        # rank 0's choice, not this rank's own reading of the checkpoints (it starts later: a sweep's rank 1 could
+        # see a checkpoint rank 0 wrote for a run it started afresh)
+        return Path(os.environ["BITLAB_RUN_DIR"]), os.environ.get("BITLAB_RESUMING", str(int(bool(cfg["resume"])))) == "1"
     run_dir, resuming = _make_run_dir(cfg)
-    os.environ["BITLAB_RUN_DIR"] = str(run_dir)  # for the ranks Lightning is about to launch
+    # for the ranks Lightning is about to launch
+    os.environ["BITLAB_RUN_DIR"], os.environ["BITLAB_RESUMING"] = str(run_dir), str(int(resuming))
     return run_dir, resuming
 
 

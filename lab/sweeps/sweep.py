@@ -76,7 +76,7 @@ def run_sweep(name: str, overrides: Sequence[str] = (), publish: str | Path | No
         published[i] = adopt_record(src, results, all_jobs[i].point.label, all_jobs[i].seed)
     recorded = {id(all_jobs[i]) for i in published}
     if twins:
-        print(f"[sweep {suite['name']}] {len(twins)} run(s) taken from another suite's published records of the same "
+        say(f"[sweep {suite['name']}] {len(twins)} run(s) taken from another suite's published records of the same "
               "settings (their source.json says which): "
               + ", ".join(f"{all_jobs[i].point.label}/s{all_jobs[i].seed} <- {src.parents[2].name}"
                           for i, src in sorted(twins.items())), flush=True)
@@ -89,16 +89,17 @@ def run_sweep(name: str, overrides: Sequence[str] = (), publish: str | Path | No
     }
     if (sweep_dir / "sweep.json").is_file():  # keep the record of earlier invocations
         manifest["invocations"] = read_data(sweep_dir / "sweep.json").get("invocations", [])
-    (sweep_dir / "sweep.json").write_text(json.dumps(manifest, indent=2, default=str))
+    if process_rank() == 0:
+        (sweep_dir / "sweep.json").write_text(json.dumps(manifest, indent=2, default=str))
     todo = [j for j in jobs if not (j.run_dir / "metrics.json").is_file() and not (j.run_dir / FAILED).is_file()
             and id(j) not in recorded]
     failed = [j for j in jobs if (j.run_dir / FAILED).is_file()]
     if failed:
-        print(f"[sweep {suite['name']}] skipping {len(failed)} runs that failed before (delete their {FAILED} to retry): "
+        say(f"[sweep {suite['name']}] skipping {len(failed)} runs that failed before (delete their {FAILED} to retry): "
               + ", ".join(f"{j.point.label}/s{j.seed}" for j in failed))
     n_points = len(expand(to_dict(suite['sweep'])))
     n_rec = sum(id(j) in recorded and not (j.run_dir / "metrics.json").is_file() for j in jobs)
-    print(f"[sweep {suite['name']}] {len(all_jobs)} runs ({n_points} points x {len(all_jobs) // max(1, n_points)} seeds)"
+    say(f"[sweep {suite['name']}] {len(all_jobs)} runs ({n_points} points x {len(all_jobs) // max(1, n_points)} seeds)"
           + (f", shard {shard[0]}/{shard[1]}: {len(jobs)} of them" if shard else "")
           + f", {len(jobs) - len(todo)} already finished" + (f" ({n_rec} from the published records in {results})" if n_rec else ""))
     t_start, done_times = time.time(), []
@@ -108,7 +109,7 @@ def run_sweep(name: str, overrides: Sequence[str] = (), publish: str | Path | No
         if claim is None or (job.run_dir / "metrics.json").is_file():
             if claim is not None:
                 unlock(job.run_dir)
-            print(f"[sweep {suite['name']}] run {job.point.label} seed {job.seed}: "
+            say(f"[sweep {suite['name']}] run {job.point.label} seed {job.seed}: "
                   + ("finished meanwhile by another invocation" if claim is not None else
                      f"being trained by another invocation ({holder(job.run_dir)}); skipped here"), flush=True)
             continue
@@ -118,14 +119,16 @@ def run_sweep(name: str, overrides: Sequence[str] = (), publish: str | Path | No
                     cfg["resume"] = True
                 how = "resuming"
             else:
-                if job.run_dir.exists():  # started but never checkpointed: keep it aside, start afresh
+                if job.run_dir.exists() and process_rank() == 0:  # started, never checkpointed: aside, afresh
+                    # (only rank 0: the other ranks of a multi-process run start after rank 0 has made this run's
+                    # directory, and would move that aside; they follow rank 0's directory and resume choice)
                     aside = job.run_dir.with_name(f"{job.run_dir.name}.incomplete-{datetime.now():%Y%m%d-%H%M%S}")
                     job.run_dir.rename(aside)
                 how = "starting"
             eta = ""
             if done_times:
                 eta = f", about {fmt_duration(sum(done_times) / len(done_times) * (len(todo) - i))} left"
-            print(f"[sweep {suite['name']}] run {jobs.index(job) + 1}/{len(jobs)} ({i + 1}/{len(todo)} to do): "
+            say(f"[sweep {suite['name']}] run {jobs.index(job) + 1}/{len(jobs)} ({i + 1}/{len(todo)} to do): "
                   f"{how} {job.point.label} seed {job.seed}; elapsed {fmt_duration(time.time() - t_start)}{eta}", flush=True)
             t0 = time.time()
             try:
@@ -134,19 +137,21 @@ def run_sweep(name: str, overrides: Sequence[str] = (), publish: str | Path | No
                 if not _recordable(e):
                     raise
                 record_failure(job.run_dir, e)
-                print(f"[sweep {suite['name']}] run {job.point.label} seed {job.seed} FAILED and is recorded as such: "
+                say(f"[sweep {suite['name']}] run {job.point.label} seed {job.seed} FAILED and is recorded as such: "
                       f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
                 continue
             done_times.append(time.time() - t0)
             if publish and process_rank() == 0:
                 rec = publish_run(job.run_dir, results, job.point.label, job.seed, force=force)
                 publish_tokenizer_of(job.run_dir, results)
-                print(f"[sweep {suite['name']}] published {rec}", flush=True)
+                say(f"[sweep {suite['name']}] published {rec}", flush=True)
         finally:
             unlock(job.run_dir)
     n_done = sum((j.run_dir / "metrics.json").is_file() or id(j) in recorded for j in jobs)
-    print(f"[sweep {suite['name']}] {n_done} of {len(jobs)} runs finished"
+    say(f"[sweep {suite['name']}] {n_done} of {len(jobs)} runs finished"
           + (f" in shard {shard[0]}/{shard[1]}" if shard else "") + f"; this invocation took {fmt_duration(time.time() - t_start)}")
+    if process_rank() > 0:  # rank 0 alone records the invocation and writes the reports
+        return sweep_dir
     manifest.setdefault("invocations", [])
     old = read_data(sweep_dir / "sweep.json").get("invocations", [])
     manifest["invocations"] = old + [{"started": datetime.fromtimestamp(t_start).isoformat(timespec="seconds"),
@@ -159,9 +164,15 @@ def run_sweep(name: str, overrides: Sequence[str] = (), publish: str | Path | No
             check_report(name, overrides, out=results, force=force, results=results)
             write_report(name, overrides, out=results, results=results)
         except ConfigError as e:  # the records are published; the report in there is not replaced by less
-            print(f"[sweep {suite['name']}] the report in {results} is kept: {e}", flush=True)
-    print(results_tables(sweep_dir / "results.md"))
+            say(f"[sweep {suite['name']}] the report in {results} is kept: {e}", flush=True)
+    say(results_tables(sweep_dir / "results.md"))
     return sweep_dir
+
+
+def say(*args, **kwargs) -> None:
+    """print, on rank 0 only: the other ranks of a multi-process run re-run the sweep command to follow rank 0."""
+    if process_rank() == 0:
+        print(*args, **kwargs)
 
 
 def results_tables(md_path: Path) -> str:
