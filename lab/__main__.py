@@ -76,6 +76,18 @@ def cmd_run(args: argparse.Namespace) -> None:
         run_experiment(cfg)
 
 
+def _sweep_options(args: argparse.Namespace) -> list[str]:
+    """The options of ``python -m lab run`` a suite resumes with, as they were given."""
+    options = []
+    if args.publish is not None:
+        options += ["--publish", args.publish] if args.publish else ["--publish"]
+    if args.shard:
+        options += ["--shard", args.shard]
+    if args.force:
+        options.append("--force")
+    return options  # an ad hoc --sweep is in the overrides already (sweep={...}, see cmd_run)
+
+
 def sweep_overrides(name: str, axes: list[str], overrides: list[str]) -> list[str]:
     """``--sweep key=a,b key2=x,y`` -> the overrides of the same ad hoc suite: ``sweep={key: [a, b], ...}`` and, unless
     the command names one, ``report.baseline`` = the first value of the first axis. The suite then runs, reports,
@@ -152,11 +164,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if os.environ.get("BITLAB_VERBOSE", "").lower() in ("", "0", "false", "no"):
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # a one-off cache write, not a phase
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m lab`` and its sub-commands."""
     parser = argparse.ArgumentParser(prog="python -m lab", description="bitlab: image-tokenizer ablations")
     sub = parser.add_subparsers(dest="command", required=True)
     from lab.sweeps import findings  # light at import: reads results/, imports scipy only when it runs
@@ -207,6 +216,12 @@ def main(argv: list[str] | None = None) -> None:
     cli_sample.register(sub)
     cli_bench.register(sub)
     cli_noise.register(sub)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed: ``--publish key=value`` and overrides after an option are overrides."""
+    parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "publish", None) and "=" in args.publish:  # `--publish key=value`: an override, not a folder
         extra, args.publish = [args.publish, *extra], ""
@@ -218,7 +233,15 @@ def main(argv: list[str] | None = None) -> None:
         args.overrides += extra  # overrides after an option: run NAME --dry-run a=1 b=2
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get("BITLAB_VERBOSE", "").lower() in ("", "0", "false", "no"):
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # a one-off cache write, not a phase
+    args = parse_args(argv)
     from lab.runtime import signals
 
     signals.install()
@@ -233,11 +256,15 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(e, SystemExit) and not signals.STOPPED:
             raise
         sig = signals.STOPPED.get("signal", "SIGINT")
+        from lab.runtime.files import process_rank
+
+        if process_rank() > 0:  # a multi-process run's other rank: rank 0 prints the one message
+            sys.exit(143 if sig == "SIGTERM" else 130)
         if args.command == "run":
             from lab.config import load_experiment
 
             is_sweep = bool(load_experiment(args.name, args.overrides).get("sweep"))
-            msg = signals.resume_hint(args.name, list(args.overrides), is_sweep)
+            msg = signals.resume_hint(args.name, list(args.overrides), is_sweep, _sweep_options(args))
         else:
             msg = f"interrupted ({sig}); nothing to resume: run the command again."
         _fail(msg, 143 if sig == "SIGTERM" else 130)

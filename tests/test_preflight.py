@@ -287,3 +287,39 @@ def test_sigterm_during_the_final_evaluation_says_training_finished(tmp_path, mo
     assert "during the final evaluation" in msg and "step 150" in msg and "run_id=r1 resume=true" in msg
     monkeypatch.setattr(signals, "TRAINED", {})
     assert "before a checkpoint was written" in signals.resume_hint("quickstart", [], False)
+
+
+def test_a_stopped_suite_resumes_with_its_own_options(monkeypatch):
+    # a suite stopped with --publish and resumed without it would train again the runs its published records hold
+    from lab.__main__ import _sweep_options, parse_args
+
+    args = parse_args(["run", "ablations/order", "seeds=[3]", "--publish", "--shard", "2/4"])
+    monkeypatch.setattr(signals, "STOPPED", {"signal": "SIGTERM", "run_dir": "runs/x/s3", "step": 40})
+    msg = signals.resume_hint(args.name, list(args.overrides), True, _sweep_options(args))
+    assert "python -m lab run ablations/order 'seeds=[3]' --publish --shard 2/4`" in msg
+    args = parse_args(["run", "ablations/order", "--publish", "elsewhere", "--force"])
+    assert _sweep_options(args) == ["--publish", "elsewhere", "--force"]
+    assert "--publish" not in signals.resume_hint("ablations/order", [], True, _sweep_options(parse_args(["run", "ablations/order"])))
+
+
+def test_a_stopped_suite_prints_its_resume_hint_once(monkeypatch, capsys):
+    # in a two-process run both ranks get the SIGTERM; only rank 0 prints the command that resumes
+    import lab.__main__ as cli
+    import lab.runtime.files as files
+
+    def stopped(args):
+        signals.STOPPED["signal"] = "SIGTERM"
+        raise SystemExit(1)
+
+    monkeypatch.setattr(signals, "STOPPED", {})
+    monkeypatch.setattr(signals, "install", lambda: None)
+    monkeypatch.setattr(cli, "cmd_run", stopped)
+    for rank, printed in ((1, False), (0, True)):
+        monkeypatch.setattr(files, "process_rank", lambda rank=rank: rank)
+        signals.STOPPED.clear()
+        with pytest.raises(SystemExit) as e:
+            cli.main(["run", "ablations/order", "--publish"])
+        assert e.value.code == 143
+        err = capsys.readouterr().err
+        assert ("resume with resume=true" in err) is printed
+        assert ("--publish" in err) is printed

@@ -39,8 +39,11 @@ def install() -> None:
     signal.signal(signal.SIGTERM, _outside_fit)
 
 
-def resume_hint(command: str, overrides: list[str], is_sweep: bool) -> str:
-    """The message for an interrupted ``python -m lab run`` (built from its arguments and ``STOPPED``)."""
+def resume_hint(command: str, overrides: list[str], is_sweep: bool, options: list[str] = ()) -> str:
+    """The message for an interrupted ``python -m lab run`` (built from its arguments and ``STOPPED``).
+
+    ``options``: the command's own options a sweep resumes with (``--publish``, ``--shard I/K``, ``--force``,
+    ``--sweep ...``): a suite resumed without its ``--publish`` would train runs the published records already hold."""
     import shlex
 
     sig = STOPPED.get("signal", "SIGINT")
@@ -50,7 +53,7 @@ def resume_hint(command: str, overrides: list[str], is_sweep: bool) -> str:
     if run_dir is not None and step is None and STOPPED.get("kept"):
         where, step = f" {run_dir} stopped mid-step; its last periodic checkpoint is kept;", "last"
     if is_sweep:
-        cmd = " ".join(["python -m lab run", command, *map(shlex.quote, overrides)])
+        cmd = " ".join(["python -m lab run", command, *map(shlex.quote, overrides), *map(shlex.quote, options)])
         return f"interrupted ({sig});{where} resume with resume=true: rerun `{cmd}` (a sweep resumes its unfinished runs)."
     trained = TRAINED.get("run_dir")
     if run_dir is None and trained is not None and (Path(trained) / "checkpoints" / "last.ckpt").is_file():
