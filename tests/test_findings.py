@@ -128,7 +128,7 @@ def test_a_suite_with_missing_runs_is_incomplete_not_decided_from_the_finished_o
                     status={("bsc-0.3", 2): "missing"})
     d = FD.decide(finding("F5"), tmp_path)
     assert d.verdict == "incomplete" and d.outcomes == []
-    assert "1 of 15 runs not finished" in d.incomplete
+    assert "1 of the 9 runs its contrasts compare not finished" in d.incomplete  # none, flip-0.3, bsc-0.3
     md = F.markdown([d])
     assert "**incomplete**" in md and "reproduced" not in md.split("## Details")[1]
 
@@ -175,6 +175,27 @@ def test_the_tokenizer_suite_needs_rkid_and_steps_through_the_vocabularies(tmp_p
     d = FD.decide(finding("F1"), tmp_path)
     assert d.verdict == "reproduced" and len(d.outcomes) == 4
     assert {round(o.estimate, 6) for o in d.outcomes} == {2.0, -10.0}
+
+
+def test_a_finding_waits_for_its_own_cases_not_for_the_suites_other_questions(tmp_path):
+    # F1 compares the BSQ vocabularies; the suite's VQ / LFQ cases, not yet run, answer another question
+    cases = {f"bsq-2-{b}": {"case": f"bsq-2^{b}"} for b in (16, 32, 64)}
+    cases.update({"vq-2-10": {"case": "vq-2^10"}, "lfq-2-10": {"case": "lfq-2^10"}})
+    psnr = {"bsq-2^16": 20, "bsq-2^32": 22, "bsq-2^64": 24, "vq-2^10": 19, "lfq-2^10": 18}
+    metrics = lambda label, axes, s: {"psnr": psnr[axes["case"]] + NOISE[s] / 10,  # noqa: E731
+                                      "rfid": 100 - 2 * psnr[axes["case"]] + NOISE[s], "rkid": 0.01}
+    later = {(c, s): "missing" for c in ("vq-2-10", "lfq-2-10") for s in (0, 1, 2)}
+    write_suite(tmp_path, "tokenizer_vocab", cases, metrics=metrics, status=later)
+    d = FD.decide(finding("F1"), tmp_path)
+    assert not d.incomplete and d.verdict == "reproduced"
+    # one seed of a compared case missing: incomplete, however clear the others are
+    write_suite(tmp_path, "tokenizer_vocab", cases, metrics=metrics, status={**later, ("bsq-2-64", 2): "missing"})
+    d = FD.decide(finding("F1"), tmp_path)
+    assert d.verdict == "incomplete" and d.outcomes == []
+    assert "1 of the 9 runs its contrasts compare not finished" in d.incomplete
+    # and a seed the suite declares for every case counts: the compared cases with 2 seeds are not decided
+    write_suite(tmp_path, "tokenizer_vocab", cases, metrics=metrics, seeds=(0, 1))
+    assert "2 seeds" in FD.decide(finding("F1"), tmp_path).incomplete
 
 
 # ------------------------------------------------------------------------------- F3, F4, F9: grouped contrasts

@@ -6,8 +6,9 @@ each finding of ``lab/sweeps/findings_table.py`` (lab/sweeps/findings_decide.py,
 seed-paired t-intervals, Holm's correction over a finding's comparisons, the smallest detectable difference D, a
 difference of differences for an interaction, a percentile-bootstrap interval for a correlation (per loss kind),
 two one-sided tests against a stated margin for a claim of similarity) and writes the table; each interval printed
-is the one its verdict used. A suite that has not finished, has fewer than 3 seeds, or predates the evaluation
-protocol of issue 13 is reported as incomplete, never decided from part of it. Light at import (the CLI registers
+is the one its verdict used. A finding whose compared runs (its contrasts' cases, every declared seed) have not
+finished, have fewer than 3 seeds, or predate the evaluation protocol of issue 13 is reported as incomplete, never
+decided from part of them. Light at import (the CLI registers
 it at start-up): scipy and numpy load when it runs.
 """
 from __future__ import annotations
@@ -94,9 +95,10 @@ def markdown(decisions: Sequence[Decision], results: str = "results") -> str:
         f"{ALPHA:g} against a margin stated beside it: **similar** (reproduced) when the {100 * (1 - 2 * ALPHA):g} % "
         "interval of the seed-paired difference lies inside ±margin, **contradicted** when it lies wholly outside, "
         "else **not shown similar** with the margin it would show. A finding is "
-        "reproduced when all its contrasts are. **incomplete**: its suite has runs not finished, fewer than "
-        f"{MIN_SEEDS} seeds, or results from before the evaluation protocol of issue 13 (no KID / normalized "
-        "gFID): it is not decided from part of its results.", "",
+        "reproduced when all its contrasts are. **incomplete**: the runs its contrasts compare (the cases they name, "
+        f"with every seed the suite declares) are not all finished, have fewer than {MIN_SEEDS} seeds, or predate "
+        "the evaluation protocol of issue 13 (no KID / normalized gFID): it is not decided from part of them; a "
+        "suite's other cases answer other questions and do not hold it back.", "",
         "| # | finding | paper (source) | bitlab: effect [the verdict's interval] | verdict | suite | command |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -36,9 +36,10 @@ def num(v: object) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def suite_incomplete(columns: Sequence[str], rows: Sequence[Mapping[str, str]], stage: str) -> str:
+def suite_incomplete(columns: Sequence[str], rows: Sequence[Mapping[str, str]], stage: str, of: bool = False) -> str:
     """Why a suite's results cannot decide a finding yet ("" when they can): runs not finished, fewer than
-    ``MIN_SEEDS`` seeds in a case, or results from before the evaluation protocol."""
+    ``MIN_SEEDS`` seeds in a case, or results from before the evaluation protocol. ``rows``: the rows the finding
+    reads (``of``: a part of the suite's, which the message then says)."""
     reasons = []
     done = [r for r in rows if r.get("status") == "done"]
     lacking = protocol_lacking(columns, rows, stage)
@@ -47,7 +48,8 @@ def suite_incomplete(columns: Sequence[str], rows: Sequence[Mapping[str, str]], 
                        "issue 13's evaluation)")
     unfinished = [r for r in rows if r.get("status") not in ("done", *FAILED_STATUSES)]
     if unfinished:
-        reasons.append(f"{len(unfinished)} of {len(rows)} runs not finished")
+        reasons.append(f"{len(unfinished)} of the {len(rows)} runs {'its contrasts compare' if of else 'of its suite'} "
+                       "not finished")
     seeds: dict[str, set] = {}
     for r in done:
         seeds.setdefault(r["point"], set()).add(r["seed"])

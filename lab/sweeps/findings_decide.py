@@ -1,8 +1,9 @@
 """Deciding the findings (``lab.sweeps.findings`` writes them): each ``Finding`` of lab/sweeps/findings_table.py
 against the published results with lab/core/stats.py: seed-paired t-intervals, Holm's correction over a finding's
 contrasts, the smallest detectable difference D, a difference of differences, a bootstrap interval for a
-correlation (per loss kind), a slope from the quantizer bench, and two one-sided tests against a margin. A suite
-that has not finished or has too few seeds is incomplete, never decided from part of it. -> ``Decision``s.
+correlation (per loss kind), a slope from the quantizer bench, and two one-sided tests against a margin. A finding
+whose compared runs (``rows_read``) have not all finished or have too few seeds is incomplete, never decided from
+part of them. -> ``Decision``s.
 """
 from __future__ import annotations
 
@@ -126,6 +127,23 @@ def _outcomes(c: Contrast, rows: Sequence[Mapping[str, str]], suite: str) -> tup
     why = "" if out else (f"{c.case} / {c.baseline} not both in the results" if c.kind != "within"
                           else f"no runs with {c.metric} and {c.other}")
     return out, why
+
+
+def rows_read(finding: Finding, rows: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
+    """The rows of a suite's results that the finding's contrasts compare, finished or not: a paired, equivalence
+    or difference-of-differences contrast reads its ``case`` and ``baseline`` values of ``axis`` (within its
+    ``where``); a within or correlation contrast every row its ``where`` keeps. A finding is decided once these are
+    finished with every seed the suite declares (the suite's other cases answer other questions: F1 compares the
+    BSQ vocabularies, not VQ, LFQ and FSQ), never from part of them."""
+    keep: set[int] = set()
+    for c in finding.contrasts:
+        mine = [r for r in rows if matches(r, c.where)]
+        if c.kind in ("paired", "equivalence", "dod"):
+            (case, base), why = _values(mine, c)
+            if not why:
+                mine = [r for r in mine if str(r.get(c.axis, "")) in (case, base)]
+        keep.update(id(r) for r in mine)
+    return [r for r in rows if id(r) in keep]
 
 
 def _values(rows: Sequence[Mapping[str, str]], c: Contrast) -> tuple[tuple[str, str], str]:
@@ -260,7 +278,8 @@ def decide(finding: Finding, results: Path) -> Decision:
         return dec
     columns, rows = read_rows(path)
     dec.preset = preset_of(path.parent / "report.md")
-    dec.incomplete = suite_incomplete(columns, rows, finding.stage)
+    read = rows_read(finding, rows)
+    dec.incomplete = suite_incomplete(columns, read, finding.stage, of=len(read) < len(rows))
     if dec.preset == "smoke":  # a pipeline check (a few steps, 16 samples), never a result
         dec.incomplete = "; ".join(x for x in ("published from a preset=smoke run", dec.incomplete) if x)
     if dec.incomplete:
