@@ -134,10 +134,12 @@ def test_a_two_process_suite_keeps_each_run_whole_and_rank0_alone_reports(tmp_pa
     """A suite whose runs train in two processes (the tokenizer suites: `trainer.devices: auto` on 2 cores): Lightning
     re-runs the sweep command for rank 1, which then walks the sweep beside rank 0. Rank 1 used to find the directory
     rank 0 had just made for the run (config.yaml, no checkpoint yet) and move it aside as an abandoned start, so the
-    finished run lacked its config.yaml; it also printed every sweep line twice and recorded the invocation twice."""
+    finished run lacked its config.yaml; it also printed every sweep line twice and recorded the invocation twice.
+    Shard 2/4 is LFQ-2^10 then BSQ-2^16: LFQ's library all-reduced its batch entropy when rank 0 alone counted a
+    training step's FLOPs after fit, and the run hung there (rank 1 had gone on to the next run)."""
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "lab", "run", "ablations/tokenizer_vocab", "preset=smoke", f"runs_dir={runs}",
-           "trainer.devices=2", "trainer.strategy=ddp", "seeds=[0]", "--shard", "1/4"]
+           "trainer.devices=2", "trainer.strategy=ddp", "seeds=[0]", "--shard", "2/4"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "BITLAB_RUN_DIR",
                                                                "BITLAB_RESUMING")}
     r = subprocess.run(cmd, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)

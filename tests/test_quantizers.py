@@ -227,3 +227,47 @@ def test_bsq_diversity_term_over_processes_equals_one_process(tmp_path, sync):
         same_entropy = torch.allclose(two[kind][1], one[kind][1], atol=1e-6)
         same_grad = torch.allclose(two[kind][0], one[kind][0], atol=1e-6)
         assert same_entropy == sync and same_grad == sync, kind
+
+
+@pytest.fixture
+def two_process_group(monkeypatch):
+    """A process group of 2 as rank 0 sees it after ``fit``: the other rank has moved on, so any collective
+    would wait forever; here it raises instead."""
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dist_nn
+    import vector_quantize_pytorch.lookup_free_quantization as lfq_library
+
+    def collective(*args, **kwargs):
+        raise RuntimeError("a collective on rank 0 alone: it would wait forever for the other rank")
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)
+    for name in ("all_reduce", "all_gather", "all_gather_into_tensor", "broadcast", "reduce_scatter", "barrier"):
+        monkeypatch.setattr(dist, name, collective)
+    monkeypatch.setattr(dist_nn, "all_reduce", collective)
+    lfq_library.is_distributed.cache_clear()  # the library caches whether a group exists
+    yield
+    lfq_library.is_distributed.cache_clear()
+
+
+@pytest.mark.parametrize("key", sorted(SMALL))
+def test_no_quantizer_communicates_inside_local_statistics(key, two_process_group):
+    # rank 0 counts a training step's FLOPs after fit inside local_statistics (lab/stages/common.py step_flops):
+    # an LFQ tokenizer suite at 2 processes hung there, in the library's all-reduce of its batch entropy
+    from lab.quantizers.base import local_statistics
+
+    torch.manual_seed(0)
+    q = build_quantizer(SMALL[key], dim=12).train()
+    z = torch.randn(8, 12, 4, 4, requires_grad=True)
+    with local_statistics():
+        out = q(z)
+        (out.z_q.square().sum() + out.loss).backward()
+    assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("key", ["lfq", "bsq"])
+def test_outside_local_statistics_the_batch_statistics_are_global(key, two_process_group):
+    # the control of the test above: in training the entropy terms do communicate (and here raise)
+    q = build_quantizer(SMALL[key], dim=12).train()
+    with pytest.raises(RuntimeError, match="collective"):
+        q(torch.randn(8, 12, 4, 4))

@@ -97,6 +97,12 @@ def local_statistics() -> Iterator[None]:
         _local_only = before
 
 
+def local_only() -> bool:
+    """Whether the caller is inside ``local_statistics`` (a wrapped library that communicates on its own, e.g.
+    vector-quantize-pytorch's LFQ, must then be kept from it)."""
+    return _local_only
+
+
 def distributed() -> bool:
     """Whether ``global_mean`` would communicate (a process group of 2+ and not ``local_statistics``)."""
     import torch.distributed as dist

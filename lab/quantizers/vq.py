@@ -3,6 +3,12 @@
 Exposes the usual cures for codebook collapse (LlamaGen Tab.2, VAR's tokenizer): a low code dimension
 (``code_dim``, projected from the latent), cosine similarity (l2-normalised codes), k-means
 initialisation and dead-code expiry.
+
+Several processes (DDP): the codebook's EMA statistics and its k-means start are each process's own
+(``sync_codebook=False``) and rank 0's win, since DDP broadcasts buffers from rank 0 before every forward. The library
+would otherwise decide at construction whether to all-reduce them, from whether a process group already existed:
+the second tokenizer of one two-process suite invocation would then train with other arithmetic than the first,
+and rank 0 alone (counting a step's FLOPs after ``fit``) would wait forever in that all-reduce.
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ class VQ(nn.Module):
             kmeans_init=kmeans_init,
             threshold_ema_dead_code=dead_code_threshold,
             accept_image_fmap=True,
+            sync_codebook=False,  # see the module docstring
         )
 
     @property
