@@ -38,6 +38,7 @@ from lab.runtime.machine import metrics_record, resolve_precision
 from lab.runtime.safety import load_checkpoint
 from lab.runtime.interruption import Interruption
 from lab.runtime.trainer import cpu_load, timer_of
+from lab.quantizers.base import local_statistics
 from lab.stages.common import (begin_resume, build_datamodule, build_trainer, eval_device, log_final,
                                make_run_dir, resolve_run_settings, run_times, seed_all, step_flops, summary,
                                write_metrics)
@@ -294,24 +295,25 @@ def run_generator(cfg: DictConfig) -> tuple[Path, dict]:
     train_peak = peak_memory_mb()  # training alone; peak_memory_mb below also covers the evaluation
     metrics: dict[str, Any] = {}
     if trainer.is_global_zero:
-        module.to(eval_device(cfg))
-        phase(f"evaluating the generator: validation loss and accuracy per scale over {cfg['eval']['batches']} batches")
-        metrics = evaluate_generator(module, dm, cfg)
-        metrics.update(
-            params=count_params(module.model) + count_params(module.head), head_params=module.head_params(),
-            steps=int(trainer.global_step), **run_times(trainer, t0, train_end, resumed=ckpt is not None),
-            peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(), tokenizer=str(tdir), flops_per_step=step_flops(module, dm),
-            steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg["resolved"]),
-            **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
-        )
-        write_metrics(run_dir, metrics)
-        imgs = module.sample_grid(cfg["sample"]["grid"])
-        nrow = int(len(imgs) ** 0.5 + 0.999)
-        torchvision.utils.save_image(imgs * 0.5 + 0.5, run_dir / "samples.png", nrow=nrow)
-        grid = torchvision.utils.make_grid((imgs * 0.5 + 0.5).clamp(0, 1).cpu(), nrow=nrow)
-        log_final(trainer, cfg, metrics, images={"samples": grid})  # in TensorBoard too, validated or not
-        print(summary(run_dir, metrics, cfg))
-        print_per_scale(metrics["per_scale"])
+        with local_statistics():  # rank 0 alone from here: no collective may wait for the others
+            module.to(eval_device(cfg))
+            phase(f"evaluating the generator: validation loss and accuracy per scale over {cfg['eval']['batches']} batches")
+            metrics = evaluate_generator(module, dm, cfg)
+            metrics.update(
+                params=count_params(module.model) + count_params(module.head), head_params=module.head_params(),
+                steps=int(trainer.global_step), **run_times(trainer, t0, train_end, resumed=ckpt is not None),
+                peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(), tokenizer=str(tdir), flops_per_step=step_flops(module, dm),
+                steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg["resolved"]),
+                **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
+            )
+            write_metrics(run_dir, metrics)
+            imgs = module.sample_grid(cfg["sample"]["grid"])
+            nrow = int(len(imgs) ** 0.5 + 0.999)
+            torchvision.utils.save_image(imgs * 0.5 + 0.5, run_dir / "samples.png", nrow=nrow)
+            grid = torchvision.utils.make_grid((imgs * 0.5 + 0.5).clamp(0, 1).cpu(), nrow=nrow)
+            log_final(trainer, cfg, metrics, images={"samples": grid})  # in TensorBoard too, validated or not
+            print(summary(run_dir, metrics, cfg))
+            print_per_scale(metrics["per_scale"])
     return run_dir, metrics
 
 

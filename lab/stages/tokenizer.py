@@ -21,6 +21,7 @@ from lab.runtime.files import process_rank
 from lab.runtime.machine import metrics_record
 from lab.runtime.interruption import Interruption
 from lab.runtime.trainer import cpu_load, timer_of
+from lab.quantizers.base import local_statistics
 from lab.stages.common import (begin_resume, build_datamodule, build_trainer, eval_device, log_final,
                                make_run_dir, resolve_run_settings, run_times, seed_all, step_flops, summary,
                                write_metrics)
@@ -55,25 +56,26 @@ def run_tokenizer(cfg: DictConfig) -> tuple[Path, dict]:
     metrics: dict[str, Any] = {}
     module.adopt_ema()  # from here on, module.tokenizer is the evaluated (averaged) one
     if trainer.is_global_zero:
-        ev = sections(cfg).eval
-        module.to(eval_device(cfg))
-        phase(f"evaluating the tokenizer: PSNR / SSIM / LPIPS over {ev.batches} validation batches"
-              + (f", rFID / rKID over {ev.fid_samples:,} images" if ev.fid_samples else ""))
-        metrics = evaluate_tokenizer(
-            module.tokenizer, dm.val_dataloader(), batches=ev.batches, fid_samples=ev.fid_samples,
-            lpips=module.metric_lpips, device=module.device, protocol=ev,
-        )
-        metrics.update(
-            params=count_params(module.tokenizer), steps=int(trainer.global_step),
-            **run_times(trainer, t0, train_end, resumed=ckpt is not None), peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(),
-            flops_per_step=step_flops(module, dm), steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg["resolved"]),
-            **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
-        )
-        write_metrics(run_dir, metrics)
-        grids = save_grids(module, dm, run_dir, cfg["eval"]["grid_images"])
-        log_final(trainer, cfg, metrics, images=grids)
-        print(summary(run_dir, metrics, cfg))
-        print(format_per_scale(metrics["per_scale"]))
+        with local_statistics():  # rank 0 alone from here: no collective may wait for the others
+            ev = sections(cfg).eval
+            module.to(eval_device(cfg))
+            phase(f"evaluating the tokenizer: PSNR / SSIM / LPIPS over {ev.batches} validation batches"
+                  + (f", rFID / rKID over {ev.fid_samples:,} images" if ev.fid_samples else ""))
+            metrics = evaluate_tokenizer(
+                module.tokenizer, dm.val_dataloader(), batches=ev.batches, fid_samples=ev.fid_samples,
+                lpips=module.metric_lpips, device=module.device, protocol=ev,
+            )
+            metrics.update(
+                params=count_params(module.tokenizer), steps=int(trainer.global_step),
+                **run_times(trainer, t0, train_end, resumed=ckpt is not None), peak_memory_mb=peak_memory_mb(), train_peak_memory_mb=train_peak, cpu_load=cpu_load(),
+                flops_per_step=step_flops(module, dm), steps_planned=int(cfg["trainer"]["max_steps"]), **metrics_record(cfg["resolved"]),
+                **timer_of(trainer).summary(cfg["loader"]["batch_size"], trainer.world_size),
+            )
+            write_metrics(run_dir, metrics)
+            grids = save_grids(module, dm, run_dir, cfg["eval"]["grid_images"])
+            log_final(trainer, cfg, metrics, images=grids)
+            print(summary(run_dir, metrics, cfg))
+            print(format_per_scale(metrics["per_scale"]))
     return run_dir, metrics
 
 
