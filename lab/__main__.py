@@ -258,8 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         sig = signals.STOPPED.get("signal", "SIGINT")
         from lab.runtime.files import process_rank
 
-        if process_rank() > 0:  # a multi-process run's other rank: rank 0 prints the one message
-            sys.exit(143 if sig == "SIGTERM" else 130)
+        if process_rank() > 0:  # a multi-process run's other rank: rank 0 prints the one message and exits with
+            sys.exit(0)  # the signal's code (a non-zero exit here let Lightning's process observer kill rank 0 first)
         if args.command == "run":
             from lab.config import load_experiment
 

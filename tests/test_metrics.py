@@ -326,3 +326,29 @@ def test_inception_features_in_channels_last_are_the_same_features():
     assert default._to_input(x).is_contiguous(memory_format=torch.channels_last)
     assert not InceptionFeatures(channels_last=False)._to_input(x).is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(default(x), b)
+
+
+def test_counting_a_training_steps_flops_leaves_the_model_as_it_was():
+    # rank 0 counts a step's FLOPs after training, before drawing the run's sample grids: a VQ training forward
+    # moves its codebook's EMA, which the grids would then show
+    from lab.metrics.measures import train_step_flops
+    from lab.quantizers import build_quantizer
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 12, 1)
+            self.q = build_quantizer({"name": "vq", "codebook_size": 64, "kmeans_init": True}, dim=12)
+
+        def train_loss(self, batch):
+            out = self.q(self.conv(batch["image"]))
+            return out.z_q.square().mean() + out.loss
+
+    torch.manual_seed(0)
+    m = Tiny().eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    flops = train_step_flops(m, {"image": torch.randn(4, 3, 4, 4)})
+    assert flops > 0 and not m.training
+    after = m.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), [k for k in before if not torch.equal(before[k], after[k])]
+    assert all(p.grad is None for p in m.parameters())

@@ -245,6 +245,7 @@ def two_process_group(monkeypatch):
     for name in ("all_reduce", "all_gather", "all_gather_into_tensor", "broadcast", "reduce_scatter", "barrier"):
         monkeypatch.setattr(dist, name, collective)
     monkeypatch.setattr(dist_nn, "all_reduce", collective)
+    monkeypatch.setattr(lfq_library.dist_nn, "all_reduce", collective)  # torch.distributed.nn's own copy
     lfq_library.is_distributed.cache_clear()  # the library caches whether a group exists
     yield
     lfq_library.is_distributed.cache_clear()

@@ -88,10 +88,12 @@ def train_step_flops(module: nn.Module, batch: dict) -> int:
     """FLOPs of one training step (forward and backward of ``module.train_loss(batch)``, a loss or a tuple
     starting with it), counted by
     ``torch.utils.flop_counter`` (matmuls and convolutions, the terms that scale). Leaves the RNG, the
-    gradients and the training mode as they were."""
+    gradients, the training mode and the state as they were: a training forward moves a VQ codebook's EMA and
+    may re-seed its dead codes, and the run's sample grids are drawn after this count."""
     from torch.utils.flop_counter import FlopCounterMode
 
     was = module.training
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
     module.train()
     try:
         with torch.random.fork_rng(devices=[]), FlopCounterMode(display=False) as counter:
@@ -101,6 +103,9 @@ def train_step_flops(module: nn.Module, batch: dict) -> int:
     finally:
         module.zero_grad(set_to_none=True)
         module.train(was)
+        with torch.no_grad():
+            for k, v in module.state_dict().items():
+                v.copy_(state[k])
     return int(counter.get_total_flops())
 
 

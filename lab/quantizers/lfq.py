@@ -6,9 +6,6 @@ behaviour the tokenizer ablation measures, so we wrap it as it is.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
-
 import vector_quantize_pytorch.lookup_free_quantization as _library
 from torch import Tensor, nn
 from vector_quantize_pytorch import LFQ as _LFQ
@@ -17,21 +14,23 @@ from lab.quantizers.codes import pack_bits, unpack_bits
 from lab.quantizers.base import QuantOut, local_only
 
 
-@contextmanager
-def _library_local() -> Iterator[None]:
+def _install_local_guard() -> None:
     """The library all-reduces its batch entropy in every training forward once a process group of 2+ exists
     (``maybe_distributed_mean``). Under ``local_statistics`` (rank 0 alone, e.g. counting a step's FLOPs after
-    ``fit``) that all-reduce waited forever for a rank that had moved on: the process hung. Here the batch
-    entropy stays this process's own."""
-    if not local_only():
-        yield
+    ``fit``) that all-reduce waited forever for a rank that had moved on: the process hung. Wrapped once, at
+    import: inside ``local_statistics`` the batch entropy stays this process's own."""
+    original = _library.maybe_distributed_mean
+    if getattr(original, "bitlab_guarded", False):
         return
-    saved = _library.maybe_distributed_mean
-    _library.maybe_distributed_mean = lambda t: t
-    try:
-        yield
-    finally:
-        _library.maybe_distributed_mean = saved
+
+    def guarded(t: Tensor) -> Tensor:
+        return t if local_only() else original(t)
+
+    guarded.bitlab_guarded = True  # type: ignore[attr-defined]
+    _library.maybe_distributed_mean = guarded
+
+
+_install_local_guard()
 
 
 class LFQ(nn.Module):
@@ -65,10 +64,9 @@ class LFQ(nn.Module):
         return 2**self.bits
 
     def forward(self, z_BChw: Tensor) -> QuantOut:
-        with _library_local():
-            (z_q, index_Bhw, loss), parts = self.lfq(
-                z_BChw.float(), inv_temperature=self.inv_temperature, return_loss_breakdown=True
-            )
+        (z_q, index_Bhw, loss), parts = self.lfq(
+            z_BChw.float(), inv_temperature=self.inv_temperature, return_loss_breakdown=True
+        )
         stats = {
             "per_sample_entropy": parts.per_sample_entropy.detach(),
             "batch_entropy": parts.batch_entropy.detach(),

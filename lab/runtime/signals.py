@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 # What stopped, for the message of lab/__main__.py: signal name, run directory, step of the checkpoint.
 STOPPED: dict[str, Any] = {}
@@ -39,11 +39,12 @@ def install() -> None:
     signal.signal(signal.SIGTERM, _outside_fit)
 
 
-def resume_hint(command: str, overrides: list[str], is_sweep: bool, options: list[str] = ()) -> str:
+def resume_hint(command: str, overrides: list[str], is_sweep: bool, options: Sequence[str] = ()) -> str:
     """The message for an interrupted ``python -m lab run`` (built from its arguments and ``STOPPED``).
 
-    ``options``: the command's own options a sweep resumes with (``--publish``, ``--shard I/K``, ``--force``,
-    ``--sweep ...``): a suite resumed without its ``--publish`` would train runs the published records already hold."""
+    ``options``: the command's own options a sweep resumes with (``--publish``, ``--shard I/K``, ``--force``; an ad
+    hoc ``--sweep`` is in ``overrides`` as ``sweep={...}``): a suite resumed without its ``--publish`` would train
+    runs the published records already hold."""
     import shlex
 
     sig = STOPPED.get("signal", "SIGINT")
