@@ -193,7 +193,7 @@ def test_a_finding_waits_for_its_own_cases_not_for_the_suites_other_questions(tm
     d = FD.decide(finding("F1"), tmp_path)
     assert d.verdict == "incomplete" and d.outcomes == []
     assert "1 of the 9 runs its contrasts compare not finished" in d.incomplete
-    # and a seed the suite declares for every case counts: the compared cases with 2 seeds are not decided
+    # and the compared cases need 3 seeds: with 2 (all finished) they are not decided
     write_suite(tmp_path, "tokenizer_vocab", cases, metrics=metrics, seeds=(0, 1))
     assert "2 seeds" in FD.decide(finding("F1"), tmp_path).incomplete
 
