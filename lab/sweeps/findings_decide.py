@@ -133,9 +133,9 @@ def rows_read(finding: Finding, rows: Sequence[Mapping[str, str]]) -> list[Mappi
     """The rows of a suite's results that the finding's contrasts compare, finished or not: a paired, equivalence
     or difference-of-differences contrast reads its ``case`` and ``baseline`` values of ``axis`` (within its
     ``where``; a difference of differences at every value of ``over``, though it compares the smallest and the
-    largest: it waits for the whole ladder); a within or correlation contrast every row its ``where`` keeps. A finding is decided once these are
-    finished with every seed the suite declares (the suite's other cases answer other questions: F1 compares the
-    BSQ vocabularies, not VQ, LFQ and FSQ), never from part of them."""
+    largest: it waits for the whole ladder); a within or correlation contrast every row its ``where`` keeps. A
+    finding is decided once these are finished with every seed the suite declares (the suite's other cases answer
+    other questions: F1 compares the BSQ vocabularies, not VQ, LFQ and FSQ), never from part of them."""
     keep: set[int] = set()
     for c in finding.contrasts:
         mine = [r for r in rows if matches(r, c.where)]
